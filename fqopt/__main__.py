@@ -1,0 +1,5 @@
+import sys
+
+from fqopt.cli import main
+
+sys.exit(main())

@@ -1,0 +1,106 @@
+"""Rich output for the CLI layer only: progress bars, tables, JSON. The library never prints."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+
+import click
+from rich.console import Console
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                           TimeElapsedColumn, TimeRemainingColumn)
+from rich.table import Table
+
+# progress and messages go to stderr so that stdout stays data (JSON, tables)
+err = Console(stderr=True, highlight=False)
+out = Console(highlight=False, soft_wrap=True)
+
+format_option = click.option("--format", "fmt", type=click.Choice(["table", "json"]),
+                             default="table", show_default=True, help="Output format.")
+force_option = click.option("--force", is_flag=True, help="Overwrite existing outputs.")
+
+
+def run_option(default: str | None = "runs/default", required: bool = False):
+    return click.option("--run", "run_dir", default=default, required=required,
+                        show_default=default is not None, type=click.Path(file_okay=False),
+                        help="Run folder (config, checkpoint, tables, plans, reports).")
+
+
+class RichProgress:
+    """A library progress callback ``callback(stage, done, total, **info)`` drawn with rich.
+
+    One bar per stage name; ``total`` may be ``None`` for an unknown length. Extra keyword info is
+    shown as a short ``key=value`` suffix.
+    """
+
+    def __init__(self, console: Console = err, transient: bool = False):
+        self._progress = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
+            console=console, transient=transient)
+        self._tasks: dict[str, int] = {}
+
+    def __enter__(self):
+        self._progress.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._progress.stop()
+        return False
+
+    def __call__(self, stage: str, done: int, total: int | None = None, **info) -> None:
+        text = "  ".join(f"{k}={_short(v)}" for k, v in info.items())
+        if stage not in self._tasks:
+            self._tasks[stage] = self._progress.add_task(stage, total=total, info=text)
+        self._progress.update(self._tasks[stage], completed=done, total=total, info=text)
+
+
+def _short(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+@contextlib.contextmanager
+def progress():
+    with RichProgress() as p:
+        yield p
+
+
+def print_json(obj) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+    sys.stdout.flush()
+
+
+def _json_default(o):
+    import numpy as np
+
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def print_table(title: str | None, columns: list[str], rows: list[list]) -> None:
+    table = Table(title=title, show_lines=False)
+    for c in columns:
+        table.add_column(c, overflow="fold")
+    for r in rows:
+        table.add_row(*[_cell(v) for v in r])
+    out.print(table)
+
+
+def _cell(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.4f}"
+    return str(v)
+
+
+def info(msg: str) -> None:
+    err.print(msg)

@@ -1,0 +1,40 @@
+"""Datasets: the embedded ``synthderm`` generator and loaders for real-format data.
+
+``fqopt.data.load(name, **options) -> FairDataset``. Loaders are looked up in a registry of
+``name -> "module:function"`` and imported on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from fqopt.data._base import (SPLITS, FairDataset, iter_batches, stratified_split)
+from fqopt.errors import UserError
+
+_REGISTRY: dict[str, str] = {
+    "synthderm": "fqopt.data._synthderm:load_synthderm",
+    "fitzpatrick17k": "fqopt.data._fitzpatrick:load_fitzpatrick17k",
+    "isic2019": "fqopt.data._isic:load_isic2019",
+    "csv": "fqopt.data._csv:load_csv",
+}
+
+__all__ = ["FairDataset", "SPLITS", "available", "iter_batches", "load", "register_dataset",
+           "stratified_split"]
+
+
+def available() -> list[str]:
+    return list(_REGISTRY)
+
+
+def register_dataset(name: str, target: str) -> None:
+    """Register a loader ``"package.module:function"`` under ``name``."""
+    _REGISTRY[name] = target
+
+
+def load(name: str = "synthderm", **options) -> FairDataset:
+    """Load dataset ``name`` with loader-specific ``options`` (``root``, ``image_size``, ...)."""
+    if name not in _REGISTRY:
+        raise UserError(f"unknown dataset {name!r}; available: {', '.join(_REGISTRY)}")
+    module, func = _REGISTRY[name].split(":")
+    loader = getattr(importlib.import_module(module), func)
+    return loader(**options)

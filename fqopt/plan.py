@@ -1,0 +1,251 @@
+"""AllocationPlan: the bit-width of every unit, as a versioned JSON contract (DESIGN.md §2)."""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from fqopt.errors import UserError
+from fqopt.units import FLOAT_BYTES, SCALE_BYTES, UnitSet, parse_unit_name
+
+SCHEMA = "fqopt.plan/1"
+SOLVER_STATUSES = ("optimal", "feasible", "infeasible", "timeout")
+
+
+def plan_size_bytes(units: UnitSet, layer_bits: dict[str, np.ndarray]) -> int:
+    """Packed weights (bits each) + one float32 scale per output channel + float parameters."""
+    bits_total = 0
+    for layer in units.layers:
+        b = np.asarray(layer_bits[layer.name], dtype=np.int64)
+        bits_total += int(b.sum()) * layer.per_channel
+    return (math.ceil(bits_total / 8) + SCALE_BYTES * units.num_channels
+            + FLOAT_BYTES * units.float_params)
+
+
+@dataclass
+class AllocationPlan:
+    """Bits per unit. ``assignments`` maps a layer name to its bits (layer granularity) or to one
+    list of per-output-channel bits (channel granularity)."""
+
+    model: str
+    granularity: str
+    bits: list[int]
+    assignments: dict[str, int | list[int]]
+    shapes: dict[str, list[int]]
+    avg_bits: float
+    avg_bits_channel: float
+    size_bytes: int
+    float_params: int = 0
+    budget: dict | None = None          # {"kind": "avg_bits"|"size_bytes"|"bops", "value": x}
+    objective: str | None = None
+    predicted: dict[str, float] = field(default_factory=dict)   # group -> predicted cost
+    solver: dict = field(default_factory=dict)  # backend, status, objective, bound, gap, seconds
+    meta: dict = field(default_factory=dict)
+    schema: str = SCHEMA
+
+    # ------------------------------------------------------------ constructors
+    @classmethod
+    def from_unit_bits(cls, units: UnitSet, unit_bits, *, model: str, bits=None,
+                       budget=None, objective=None, predicted=None, solver=None,
+                       meta=None) -> "AllocationPlan":
+        """Build a plan from one bit-width per unit (``[U]`` in ``units.names`` order, or a dict
+        unit name -> bits)."""
+        if isinstance(unit_bits, dict):
+            index = {n: i for i, n in enumerate(units.names)}
+            arr = np.zeros(len(units), dtype=np.int64)
+            seen = np.zeros(len(units), dtype=bool)
+            for name, b in unit_bits.items():
+                if name not in index:
+                    raise UserError(f"unit {name!r} is not a unit of model {model!r}")
+                arr[index[name]] = int(b)
+                seen[index[name]] = True
+            if not seen.all():
+                raise UserError(f"no bit-width for unit {units.names[int(np.argmin(seen))]!r}")
+            unit_bits = arr
+        unit_bits = np.asarray(unit_bits, dtype=np.int64).reshape(-1)
+        if unit_bits.shape[0] != len(units):
+            raise UserError(f"{unit_bits.shape[0]} bit-widths given for {len(units)} units")
+        layer_bits = {}
+        for layer in units.layers:
+            sl = units.unit_slices()[layer.name]
+            b = unit_bits[sl]
+            layer_bits[layer.name] = (np.full(layer.out_channels, b[0]) if units.granularity ==
+                                      "layer" else b.copy())
+        return cls._from_layer_bits(units, layer_bits, model=model, bits=bits, budget=budget,
+                                    objective=objective, predicted=predicted, solver=solver,
+                                    meta=meta)
+
+    @classmethod
+    def uniform(cls, units: UnitSet, bits: int, *, model: str, respect_pins: bool = True,
+                meta=None) -> "AllocationPlan":
+        """Every unit at ``bits`` (pinned layers keep their pinned bits unless told otherwise)."""
+        check_bits([bits], what="uniform bit-width")
+        layer_bits = {}
+        for layer in units.layers:
+            b = units.pinned.get(layer.name, bits) if respect_pins else bits
+            layer_bits[layer.name] = np.full(layer.out_channels, b, dtype=np.int64)
+        return cls._from_layer_bits(units, layer_bits, model=model,
+                                    bits=sorted({int(bits), *units.pinned.values()}),
+                                    objective=f"uniform:{bits}", meta=meta)
+
+    @classmethod
+    def _from_layer_bits(cls, units, layer_bits, *, model, bits, budget, objective, predicted,
+                         solver, meta):
+        all_bits = np.concatenate([np.asarray(v) for v in layer_bits.values()])
+        check_bits(np.unique(all_bits).tolist(), what="plan bit-width")
+        weighted = sum(int(np.asarray(layer_bits[lay.name]).sum()) * lay.per_channel
+                       for lay in units.layers)
+        avg_bits = weighted / units.quantized_params
+        avg_bits_channel = float(all_bits.mean())
+        if units.granularity == "layer":
+            assignments = {n: int(b[0]) for n, b in layer_bits.items()}
+        else:
+            assignments = {n: [int(x) for x in b] for n, b in layer_bits.items()}
+        if bits is None:
+            bits = sorted(int(b) for b in np.unique(all_bits))
+        return cls(model=model, granularity=units.granularity, bits=[int(b) for b in bits],
+                   assignments=assignments, shapes=units.shapes(), avg_bits=float(avg_bits),
+                   avg_bits_channel=avg_bits_channel,
+                   size_bytes=plan_size_bytes(units, layer_bits), float_params=units.float_params,
+                   budget=budget, objective=objective,
+                   predicted={str(k): float(v) for k, v in (predicted or {}).items()},
+                   solver=dict(solver or {}), meta=dict(meta or {}))
+
+    # ------------------------------------------------------------------ views
+    def layer_bits(self) -> dict[str, np.ndarray]:
+        """Layer name -> ``[out_channels]`` int array of bits."""
+        out = {}
+        for name, b in self.assignments.items():
+            n = self.shapes[name][0]
+            out[name] = (np.full(n, int(b), dtype=np.int64) if isinstance(b, (int, np.integer))
+                         else np.asarray(b, dtype=np.int64))
+        return out
+
+    def unit_bits(self, units: UnitSet) -> np.ndarray:
+        """``[U]`` bits in ``units.names`` order (units may be of either granularity)."""
+        self.validate(units)
+        lb = self.layer_bits()
+        out = np.zeros(len(units), dtype=np.int64)
+        for layer in units.layers:
+            sl = units.unit_slices()[layer.name]
+            b = lb[layer.name]
+            if units.granularity == "layer":
+                if len(set(b.tolist())) != 1:
+                    raise UserError(f"plan gives layer {layer.name!r} several bit-widths; it "
+                                    "cannot be read at layer granularity")
+                out[sl] = b[0]
+            else:
+                out[sl] = b
+        return out
+
+    def validate(self, units: UnitSet, model: str | None = None) -> None:
+        """Raise a UserError naming the first unit whose name or shape differs from ``units``."""
+        where = f"plan for model {self.model!r}"
+        if model is not None and self.model and model != self.model:
+            raise UserError(f"{where} does not fit model {model!r}")
+        expected = units.shapes()
+        for name in self.assignments:
+            if name not in expected:
+                raise UserError(f"{where}: unit {name!r} is not a quantizable layer of this model")
+        for name, shape in expected.items():
+            if name not in self.assignments:
+                raise UserError(f"{where}: no bit-width for layer {name!r}")
+            if list(self.shapes.get(name, [])) != list(shape):
+                raise UserError(f"{where}: layer {name!r} has weight shape "
+                                f"{self.shapes.get(name)} in the plan but {shape} in the model")
+
+    # --------------------------------------------------------------- JSON I/O
+    def to_dict(self) -> dict:
+        return {
+            "schema": self.schema, "model": self.model, "granularity": self.granularity,
+            "bits": self.bits, "avg_bits": self.avg_bits,
+            "avg_bits_channel": self.avg_bits_channel, "size_bytes": self.size_bytes,
+            "float_params": self.float_params, "budget": self.budget,
+            "objective": self.objective, "predicted": self.predicted, "solver": self.solver,
+            "meta": self.meta, "shapes": self.shapes, "assignments": self.assignments,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict, source: str = "<dict>") -> "AllocationPlan":
+        if not isinstance(d, dict):
+            raise UserError(f"plan {source}: expected a JSON object")
+        if d.get("schema") != SCHEMA:
+            raise UserError(f"plan {source}: schema is {d.get('schema')!r}, expected {SCHEMA!r}")
+        required = ("model", "granularity", "bits", "assignments", "shapes")
+        missing = [k for k in required if k not in d]
+        if missing:
+            raise UserError(f"plan {source}: missing field(s) {missing}")
+        assignments = {}
+        for key, b in d["assignments"].items():
+            layer, ch = parse_unit_name(key)
+            if ch is None:
+                assignments[layer] = b if isinstance(b, list) else int(b)
+            else:  # per-channel keys 'layer[c]' are folded into one list per layer
+                n = d["shapes"].get(layer, [0])[0]
+                lst = assignments.setdefault(layer, [None] * n)
+                if not isinstance(lst, list) or ch >= len(lst):
+                    raise UserError(f"plan {source}: unit {key!r} does not fit layer {layer!r}")
+                lst[ch] = int(b)
+        for layer, b in assignments.items():
+            if isinstance(b, list):
+                if any(x is None for x in b):
+                    raise UserError(f"plan {source}: layer {layer!r} misses some channels' bits")
+                if layer in d["shapes"] and len(b) != d["shapes"][layer][0]:
+                    raise UserError(f"plan {source}: layer {layer!r} has {len(b)} channel "
+                                    f"bit-widths for {d['shapes'][layer][0]} output channels")
+                check_bits(set(b), what=f"plan {source}: bit-width of {layer!r}")
+            else:
+                check_bits([b], what=f"plan {source}: bit-width of {layer!r}")
+        missing_shapes = [n for n in assignments if n not in d["shapes"]]
+        if missing_shapes:
+            raise UserError(f"plan {source}: no shape for layer(s) {missing_shapes[:3]}")
+        plan = cls(model=d["model"], granularity=d["granularity"], bits=list(d["bits"]),
+                   assignments=assignments, shapes={k: list(v) for k, v in d["shapes"].items()},
+                   avg_bits=float(d.get("avg_bits", float("nan"))),
+                   avg_bits_channel=float(d.get("avg_bits_channel", float("nan"))),
+                   size_bytes=int(d.get("size_bytes", -1)),
+                   float_params=int(d.get("float_params", 0)), budget=d.get("budget"),
+                   objective=d.get("objective"), predicted=dict(d.get("predicted") or {}),
+                   solver=dict(d.get("solver") or {}), meta=dict(d.get("meta") or {}))
+        plan._recompute()
+        return plan
+
+    def _recompute(self) -> None:
+        """Derive avg_bits, avg_bits_channel and size_bytes from assignments and shapes."""
+        lb = self.layer_bits()
+        total = bits = 0
+        for name, shape in self.shapes.items():
+            per = int(np.prod(shape)) // shape[0]
+            bits += int(lb[name].sum()) * per
+            total += int(np.prod(shape))
+        allb = np.concatenate(list(lb.values()))
+        self.avg_bits = bits / total
+        self.avg_bits_channel = float(allb.mean())
+        self.size_bytes = (math.ceil(bits / 8) + SCALE_BYTES * int(allb.size)
+                           + FLOAT_BYTES * self.float_params)
+
+    def save(self, path: str | os.PathLike) -> None:
+        from fqopt._io import write_json
+
+        write_json(path, self.to_dict())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "AllocationPlan":
+        from fqopt._io import read_json
+
+        return cls.from_dict(read_json(path, what="plan"), source=str(Path(path)))
+
+    def __repr__(self) -> str:
+        return (f"AllocationPlan(model={self.model!r}, granularity={self.granularity!r}, "
+                f"avg_bits={self.avg_bits:.3f}, size_bytes={self.size_bytes}, "
+                f"objective={self.objective!r})")
+
+
+def check_bits(bits, what: str = "bit-width") -> None:
+    bad = [int(b) for b in bits if not 2 <= int(b) <= 8]
+    if bad:
+        raise UserError(f"{what} {bad} outside the supported range 2-8")

@@ -1,0 +1,213 @@
+"""SensitivityTable: per-unit, per-group, per-bit-width predicted loss increase (DESIGN.md §2).
+
+The ``.npz`` contract (``allow_pickle=False``):
+
+- ``costs``  float64 ``[U, G, K]``: predicted rise of group g's mean loss when unit u alone is
+  quantized to ``bits[k]`` (``+inf`` marks a choice that is not allowed)
+- ``bits``   int ``[K]``, strictly increasing, each in 2..8
+- ``sizes``  int64 ``[U]``: weights per unit
+- ``units``  str ``[U]``, ``groups`` str ``[G]``
+- ``group_counts`` int64 ``[G]``: calibration samples per group
+- ``macs``   int64 ``[U]`` (optional; -1 where unknown)
+- ``meta``   a JSON string (model, dataset, method, granularity, seed, fqopt version)
+
+A table can be written by hand or by another tool and still be solved.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from fqopt.errors import UserError
+
+MIN_BITS, MAX_BITS = 2, 8
+_REQUIRED = ("costs", "bits", "sizes", "units", "groups", "group_counts")
+
+
+@dataclass
+class SensitivityTable:
+    costs: np.ndarray          # float64 [U, G, K]
+    bits: np.ndarray           # int64 [K]
+    sizes: np.ndarray          # int64 [U]
+    units: list[str]           # [U]
+    groups: list[str]          # [G]
+    group_counts: np.ndarray   # int64 [G]
+    macs: np.ndarray | None = None   # int64 [U], -1 where unknown
+    meta: dict = field(default_factory=dict)
+    source: str = "<memory>"   # where it was loaded from, for error messages
+
+    def __post_init__(self):
+        self.costs = np.asarray(self.costs, dtype=np.float64)
+        self.bits = np.asarray(self.bits, dtype=np.int64).reshape(-1)
+        self.sizes = np.asarray(self.sizes, dtype=np.int64).reshape(-1)
+        self.units = [str(u) for u in self.units]
+        self.groups = [str(g) for g in self.groups]
+        self.group_counts = np.asarray(self.group_counts, dtype=np.int64).reshape(-1)
+        if self.macs is not None:
+            self.macs = np.asarray(self.macs, dtype=np.int64).reshape(-1)
+        self.validate()
+
+    # ------------------------------------------------------------------ shape
+    @property
+    def num_units(self) -> int:
+        return self.costs.shape[0]
+
+    @property
+    def num_groups(self) -> int:
+        return self.costs.shape[1]
+
+    @property
+    def num_bits(self) -> int:
+        return self.costs.shape[2]
+
+    def validate(self) -> None:
+        src = self.source
+        if self.costs.ndim != 3:
+            raise UserError(f"sensitivity table {src}: 'costs' must have shape [U, G, K], "
+                            f"got {self.costs.ndim} dimensions {tuple(self.costs.shape)}")
+        U, G, K = self.costs.shape
+        if U == 0 or G == 0 or K == 0:
+            raise UserError(f"sensitivity table {src}: 'costs' is empty, shape {(U, G, K)}")
+        for name, arr, n in (("bits", self.bits, K), ("sizes", self.sizes, U),
+                             ("group_counts", self.group_counts, G)):
+            if arr.shape != (n,):
+                raise UserError(f"sensitivity table {src}: '{name}' has shape {arr.shape}, "
+                                f"expected ({n},) to match costs {(U, G, K)}")
+        if len(self.units) != U:
+            raise UserError(f"sensitivity table {src}: 'units' has {len(self.units)} names, "
+                            f"expected {U} to match costs")
+        if len(self.groups) != G:
+            raise UserError(f"sensitivity table {src}: 'groups' has {len(self.groups)} names, "
+                            f"expected {G} to match costs")
+        if len(set(self.units)) != U:
+            dup = sorted({u for u in self.units if self.units.count(u) > 1})[:3]
+            raise UserError(f"sensitivity table {src}: duplicate unit names {dup}")
+        if self.macs is not None and self.macs.shape != (U,):
+            raise UserError(f"sensitivity table {src}: 'macs' has shape {self.macs.shape}, "
+                            f"expected ({U},)")
+        bad = [int(b) for b in self.bits if not MIN_BITS <= b <= MAX_BITS]
+        if bad:
+            raise UserError(f"sensitivity table {src}: bits {bad} outside the supported range "
+                            f"{MIN_BITS}-{MAX_BITS}")
+        if np.any(np.diff(self.bits) <= 0):
+            raise UserError(f"sensitivity table {src}: 'bits' must be strictly increasing, "
+                            f"got {self.bits.tolist()}")
+        if np.any(self.sizes <= 0):
+            u = int(np.argmax(self.sizes <= 0))
+            raise UserError(f"sensitivity table {src}: unit {self.units[u]!r} has size "
+                            f"{int(self.sizes[u])}; sizes must be positive weight counts")
+        if np.isnan(self.costs).any():
+            u, g, k = np.argwhere(np.isnan(self.costs))[0]
+            raise UserError(f"sensitivity table {src}: cost is NaN for unit {self.units[u]!r}, "
+                            f"group {self.groups[g]!r}, {int(self.bits[k])} bits")
+        if np.isneginf(self.costs).any():
+            u, g, k = np.argwhere(np.isneginf(self.costs))[0]
+            raise UserError(f"sensitivity table {src}: cost is -inf for unit {self.units[u]!r}, "
+                            f"group {self.groups[g]!r}, {int(self.bits[k])} bits")
+        if np.any(self.group_counts < 0):
+            raise UserError(f"sensitivity table {src}: negative group_counts")
+
+    # --------------------------------------------------------------- file I/O
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the ``.npz`` atomically (``allow_pickle=False`` readable)."""
+        from fqopt._io import atomic_path
+
+        arrays = dict(costs=self.costs, bits=self.bits, sizes=self.sizes,
+                      units=np.array(self.units, dtype=np.str_),
+                      groups=np.array(self.groups, dtype=np.str_),
+                      group_counts=self.group_counts,
+                      meta=np.array(json.dumps(self.meta, sort_keys=True)))
+        if self.macs is not None:
+            arrays["macs"] = self.macs
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as f:
+                np.savez_compressed(f, **arrays)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "SensitivityTable":
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"sensitivity table {path} does not exist")
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                data = {k: z[k] for k in z.files}
+        except (ValueError, OSError, EOFError) as exc:
+            raise UserError(f"sensitivity table {path} is not a readable .npz file: "
+                            f"{exc}") from None
+        missing = [k for k in _REQUIRED if k not in data]
+        if missing:
+            raise UserError(f"sensitivity table {path}: missing array(s) {missing}; expected "
+                            f"{list(_REQUIRED)} (+ optional macs, meta)")
+        meta = {}
+        if "meta" in data:
+            try:
+                meta = json.loads(str(data["meta"]))
+            except json.JSONDecodeError:
+                raise UserError(f"sensitivity table {path}: 'meta' is not a JSON string") from None
+        for k in ("costs", "bits", "sizes", "group_counts", "macs"):
+            if k in data and not np.issubdtype(data[k].dtype, np.number):
+                raise UserError(f"sensitivity table {path}: '{k}' must be numeric, "
+                                f"got dtype {data[k].dtype}")
+        return cls(costs=data["costs"], bits=data["bits"], sizes=data["sizes"],
+                   units=data["units"].tolist(), groups=data["groups"].tolist(),
+                   group_counts=data["group_counts"], macs=data.get("macs"), meta=meta,
+                   source=str(path))
+
+    def __repr__(self) -> str:
+        return (f"SensitivityTable(units={self.num_units}, groups={self.groups}, "
+                f"bits={self.bits.tolist()}, method={self.meta.get('method')!r})")
+
+
+def table_unit_set(table: SensitivityTable):
+    """The :class:`~fqopt.units.UnitSet` a table describes.
+
+    Tables written by ``fqopt profile`` carry layer shapes, pins, ties and the float parameter
+    count in ``meta``; for a hand-written table, layers are inferred from the unit names
+    (``name[c]`` units form one layer of that many channels) and sizes, with no pins.
+    """
+    from fqopt.units import LayerInfo, UnitSet, parse_unit_name
+
+    meta = table.meta or {}
+    granularity = meta.get("granularity")
+    shapes = meta.get("shapes")
+    parsed = [parse_unit_name(u) for u in table.units]
+    if granularity is None:
+        granularity = "channel" if all(c is not None for _, c in parsed) else "layer"
+    macs_layer: dict[str, int] = {}
+    if table.macs is not None:
+        for (layer, _), m in zip(parsed, table.macs.tolist()):
+            macs_layer[layer] = -1 if (m < 0 or macs_layer.get(layer, 0) < 0) else \
+                macs_layer.get(layer, 0) + m
+    layers = []
+    if shapes:
+        for name, shape in shapes.items():
+            layers.append(LayerInfo(name=name, kind=meta.get("kinds", {}).get(name, "?"),
+                                    shape=tuple(int(s) for s in shape),
+                                    macs=int(macs_layer.get(name, -1))))
+    else:
+        order: dict[str, list[int]] = {}
+        for i, (layer, ch) in enumerate(parsed):
+            order.setdefault(layer, []).append(i)
+        for layer, idx in order.items():
+            n = len(idx) if granularity == "channel" else 1
+            size = int(table.sizes[idx[0]]) if granularity == "channel" else int(table.sizes[idx[0]])
+            layers.append(LayerInfo(name=layer, kind="?", shape=(n, size),
+                                    macs=int(macs_layer.get(layer, -1))))
+    units = UnitSet(granularity=granularity, layers=layers,
+                    pinned={k: int(v) for k, v in (meta.get("pinned") or {}).items()},
+                    ties=[list(t) for t in (meta.get("ties") or [])],
+                    float_params=int(meta.get("float_params", 0)))
+    if units.names != table.units:
+        raise UserError(f"sensitivity table {table.source}: unit names do not match the layer "
+                        f"shapes in its meta (first units {table.units[:2]} vs "
+                        f"{units.names[:2]})")
+    if not np.array_equal(units.sizes, table.sizes):
+        u = int(np.argmax(units.sizes != table.sizes))
+        raise UserError(f"sensitivity table {table.source}: size of unit {table.units[u]!r} is "
+                        f"{int(table.sizes[u])} but its layer shape gives {int(units.sizes[u])}")
+    return units
