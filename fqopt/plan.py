@@ -93,8 +93,8 @@ class AllocationPlan:
                                     objective=f"uniform:{bits}", meta=meta)
 
     @classmethod
-    def _from_layer_bits(cls, units, layer_bits, *, model, bits, budget, objective, predicted,
-                         solver, meta):
+    def _from_layer_bits(cls, units, layer_bits, *, model, bits=None, budget=None,
+                         objective=None, predicted=None, solver=None, meta=None):
         all_bits = np.concatenate([np.asarray(v) for v in layer_bits.values()])
         check_bits(np.unique(all_bits).tolist(), what="plan bit-width")
         weighted = sum(int(np.asarray(layer_bits[lay.name]).sum()) * lay.per_channel
