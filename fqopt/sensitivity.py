@@ -121,7 +121,7 @@ class SensitivityTable:
                       units=np.array(self.units, dtype=np.str_),
                       groups=np.array(self.groups, dtype=np.str_),
                       group_counts=self.group_counts,
-                      meta=np.array(json.dumps(self.meta, sort_keys=True)))
+                      meta=np.array(json.dumps(self.meta)))
         if self.macs is not None:
             arrays["macs"] = self.macs
         with atomic_path(path) as tmp:
@@ -185,7 +185,14 @@ def table_unit_set(table: SensitivityTable):
                 macs_layer.get(layer, 0) + m
     layers = []
     if shapes:
-        for name, shape in shapes.items():
+        # layer order follows the table's units, whatever order the meta dict kept
+        first_seen = list(dict.fromkeys(layer for layer, _ in parsed))
+        missing = [n for n in first_seen if n not in shapes]
+        if missing:
+            raise UserError(f"sensitivity table {table.source}: meta has no shape for layer(s) "
+                            f"{missing[:3]}")
+        for name in first_seen:
+            shape = shapes[name]
             layers.append(LayerInfo(name=name, kind=meta.get("kinds", {}).get(name, "?"),
                                     shape=tuple(int(s) for s in shape),
                                     macs=int(macs_layer.get(name, -1))))
