@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 
 from fqopt.data._base import (SPLITS, FairDataset, iter_batches, stratified_split)
 from fqopt.errors import UserError
@@ -37,4 +38,11 @@ def load(name: str = "synthderm", **options) -> FairDataset:
         raise UserError(f"unknown dataset {name!r}; available: {', '.join(_REGISTRY)}")
     module, func = _REGISTRY[name].split(":")
     loader = getattr(importlib.import_module(module), func)
+    params = inspect.signature(loader).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        unknown = [k for k in options if k not in params]
+        if unknown:
+            valid = [k for k, p in params.items() if p.kind is not p.VAR_POSITIONAL]
+            raise UserError(f"dataset {name!r} has no option {unknown[0]!r}; its options are "
+                            f"{', '.join(valid)}")
     return loader(**options)

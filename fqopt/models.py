@@ -1,0 +1,104 @@
+"""Models: timm architectures built without hub weights, checkpoints loaded safely.
+
+``create(name, num_classes, checkpoint=None, image_size=None)``. Checkpoints are read with
+``torch.load(weights_only=True)`` (``.pt``/``.pth``) or safetensors, never from a hub.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from fqopt.errors import UserError
+
+DEFAULT_MODEL = "test_resnet"
+# architectures fqopt is tested with; any other timm architecture is accepted too
+SUPPORTED = ("test_resnet", "test_vit", "resnet18", "resnet50", "deit_tiny_patch16_224",
+             "tiny_vit_5m_224")
+# native input resolution of the supported models (synthderm default for the tiny ones)
+NATIVE_SIZE = {"resnet18": 224, "resnet50": 224, "deit_tiny_patch16_224": 224,
+               "tiny_vit_5m_224": 224}
+
+
+def available() -> list[str]:
+    import timm
+
+    return timm.list_models()
+
+
+def create(name: str = DEFAULT_MODEL, num_classes: int = 4, *, checkpoint=None,
+           image_size: int | None = None, **kwargs) -> nn.Module:
+    """Build timm model ``name`` with random weights (``pretrained=False``; nothing is fetched).
+
+    image_size: input resolution for models that are built for one (ViTs); ignored by CNNs.
+    checkpoint: a state dict file (``.pt``/``.pth`` via ``weights_only=True``, or
+    ``.safetensors``) to load; a mismatch is a UserError naming the first offending key.
+    """
+    import timm
+
+    if not timm.is_model(name):
+        raise UserError(f"unknown model {name!r}; tested models: {', '.join(SUPPORTED)} "
+                        "(or any architecture in timm.list_models())")
+    kw = dict(pretrained=False, num_classes=int(num_classes), **kwargs)
+    model = None
+    if image_size is not None:
+        try:
+            model = timm.create_model(name, img_size=int(image_size), **kw)
+        except TypeError:  # CNNs take any resolution and no img_size argument
+            model = None
+    if model is None:
+        model = timm.create_model(name, **kw)
+    if checkpoint is not None:
+        load_weights(model, checkpoint, name=name)
+    return model
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Tensors of a checkpoint file, read without unpickling arbitrary objects."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} does not exist")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # corrupt, truncated or unsafe pickles all end here
+        raise UserError(f"checkpoint {path} cannot be read safely: "
+                        f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}") from None
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError(f"checkpoint {path} is not a state dict of tensors")
+    return state
+
+
+def load_weights(model: nn.Module, checkpoint, name: str | None = None) -> nn.Module:
+    """Load a checkpoint file (or a state dict) into ``model`` strictly."""
+    where = f"checkpoint {checkpoint}" if not isinstance(checkpoint, dict) else "state dict"
+    state = read_state_dict(checkpoint) if not isinstance(checkpoint, dict) else checkpoint
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    label = name or type(model).__name__
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} key(s) e.g. {missing[0]!r}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected key(s) e.g. {unexpected[0]!r}")
+        raise UserError(f"{where} does not fit model {label}: {'; '.join(parts)}")
+    for k, v in own.items():
+        if tuple(state[k].shape) != tuple(v.shape):
+            raise UserError(f"{where} does not fit model {label}: {k!r} has shape "
+                            f"{tuple(state[k].shape)} in the checkpoint but {tuple(v.shape)} "
+                            "in the model")
+    model.load_state_dict(state, strict=True)
+    return model
