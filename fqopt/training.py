@@ -141,7 +141,7 @@ def train(run, config: TrainConfig | None = None, *, callback=None, resume: bool
             loss.backward()
             opt.step()
             sched.step()
-            loss_sum += float(loss)
+            loss_sum += float(loss.detach())
             if callback is not None:
                 callback(f"epoch {epoch + 1}/{config.epochs}", step + 1, steps_per_epoch,
                          loss=loss_sum / (step + 1))
@@ -164,12 +164,12 @@ def train(run, config: TrainConfig | None = None, *, callback=None, resume: bool
                 state["finished"] = True
         if state["epoch"] >= config.epochs:
             state["finished"] = True
-        if callback is not None:
-            callback("epochs", epoch + 1, config.epochs, avg_acc=rep.avg_acc,
-                     worst_acc=rep.worst_acc)
         with atomic_path(run.train_state_path) as tmp:
             torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
                         "scheduler": sched.state_dict(), "state": state,
                         "config": asdict(config)}, tmp)
+        if callback is not None:
+            callback("epochs", epoch + 1, config.epochs, avg_acc=rep.avg_acc,
+                     worst_acc=rep.worst_acc)
     return {"history": state["history"], "best_epoch": state["best_epoch"],
             "best_avg_acc": state["best"], "finished": state["finished"]}

@@ -39,9 +39,12 @@ def test_checkpoint_roundtrip_and_mismatch(tmp_path):
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(UserError, match="cannot be read safely"):
         models.create("test_resnet", num_classes=4, checkpoint=tmp_path / "bad.pt")
-    # a pickle with arbitrary objects is refused by weights_only loading
-    torch.save({"x": object()}, tmp_path / "evil.pt", _use_new_zipfile_serialization=True) \
-        if False else None
+    # a pickle holding arbitrary objects is refused by weights_only loading
+    import collections
+
+    torch.save({"x": collections.Counter(a=1)}, tmp_path / "evil.pt")
+    with pytest.raises(UserError, match="cannot be read safely"):
+        models.create("test_resnet", num_classes=4, checkpoint=tmp_path / "evil.pt")
 
 
 def test_import_fqopt_is_light():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
+import time
 
 import click
 from rich.console import Console
@@ -34,7 +35,14 @@ class RichProgress:
     shown as a short ``key=value`` suffix.
     """
 
-    def __init__(self, console: Console = err, transient: bool = False):
+    def __init__(self, console: Console = err, transient: bool = False,
+                 log_every: float = 15.0):
+        # without a terminal (CI logs, pipes) bars are not drawn: print a plain line when a
+        # stage finishes, and at most every ``log_every`` seconds while it runs
+        self._live = console.is_terminal
+        self._console = console
+        self._log_every = log_every
+        self._last_log: dict[str, float] = {}
         self._progress = Progress(
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
             TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
@@ -51,6 +59,15 @@ class RichProgress:
 
     def __call__(self, stage: str, done: int, total: int | None = None, **info) -> None:
         text = "  ".join(f"{k}={_short(v)}" for k, v in info.items())
+        if not self._live:
+            now = time.monotonic()
+            finished = total is not None and done >= total
+            if finished or now - self._last_log.get(stage, now - self._log_every - 1) > \
+                    self._log_every:
+                self._last_log[stage] = now
+                of = f"/{total}" if total is not None else ""
+                self._console.print(f"{stage}: {done}{of}  {text}".rstrip())
+            return
         if stage not in self._tasks:
             self._tasks[stage] = self._progress.add_task(stage, total=total, info=text)
         self._progress.update(self._tasks[stage], completed=done, total=total, info=text)
