@@ -40,9 +40,9 @@ def test_checkpoint_roundtrip_and_mismatch(tmp_path):
     with pytest.raises(UserError, match="cannot be read safely"):
         models.create("test_resnet", num_classes=4, checkpoint=tmp_path / "bad.pt")
     # a pickle holding arbitrary objects is refused by weights_only loading
-    import collections
+    import argparse
 
-    torch.save({"x": collections.Counter(a=1)}, tmp_path / "evil.pt")
+    torch.save({"x": argparse.Namespace(a=1)}, tmp_path / "evil.pt")
     with pytest.raises(UserError, match="cannot be read safely"):
         models.create("test_resnet", num_classes=4, checkpoint=tmp_path / "evil.pt")
 
