@@ -1,0 +1,666 @@
+"""The allocation problem as plain arrays (DESIGN.md §4.3). Imports no solver.
+
+Choose one bit-width per unit. With ``x_u`` the chosen bit-width of unit u, group g's predicted
+cost is ``C_g(x) = Σ_u costs[u, g, x_u]`` and the plan minimises an objective of the group costs
+under one linear budget ``Σ_u a_u · x_u ≤ cap``.
+
+Every objective is convex and piecewise linear in ``C`` and has the form
+
+    f(C) = lo · C + d · (sum of the q largest C_g)  =  max_{w ∈ W} w · C,
+    W = {w : lo ≤ w ≤ lo + d, Σ_g w_g = 1}         (a capped simplex)
+
+which is what the Lagrangian back-end dualises and what the MILP and CP-SAT back-ends linearise.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import functools
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from fqopt.errors import UserError
+
+BUDGET_KINDS = ("avg_bits", "size_bytes", "bops")
+_OBJECTIVE_HELP = ("worst, balanced, mean, blend:λ (0 ≤ λ ≤ 1, (1−λ)·balanced + λ·worst) or "
+                   "cvar:α (0 < α ≤ 1, mean of the ⌈α·G⌉ worst groups)")
+# relative slack when a float budget becomes an integer cap: keeps a budget equal to an achievable
+# value feasible despite float rounding, far below one bit of any real model
+_BUDGET_RTOL = 1e-12
+# the gap is relative to |objective|, floored at this fraction of the cost scale (costs near zero)
+GAP_FLOOR = 1e-6
+
+
+# --------------------------------------------------------------------------- objectives
+@dataclass(frozen=True, eq=False)
+class Objective:
+    """``f(C) = lo·C + d·topsum_q(C)``, the group combination a plan minimises.
+
+    ``spec`` is the name it was parsed from; ``lo`` is ``[G]``; ``topsum_q`` is the sum of the q
+    largest group costs. The dual set is ``W = {lo ≤ w ≤ lo + d, Σw = 1}``.
+
+    - ``worst``: max_g C_g (lo = 0, d = 1, q = 1)
+    - ``balanced``: mean_g C_g (lo = 1/G, d = 0)
+    - ``mean``: Σ_g p_g C_g with p_g = group_counts_g / Σ group_counts (group-blind, HAWQ-style)
+    - ``blend:λ``: (1 − λ)·balanced + λ·worst (lo = (1 − λ)/G, d = λ, q = 1)
+    - ``cvar:α``: the mean of the k = ⌈α·G⌉ largest group costs (lo = 0, d = 1/k, q = k);
+      ``cvar:1`` is ``balanced`` and any α ≤ 1/G is ``worst``.
+    """
+
+    spec: str
+    lo: np.ndarray
+    d: float
+    q: int
+
+    @classmethod
+    def parse(cls, spec: str, num_groups: int, group_counts=None) -> "Objective":
+        G = int(num_groups)
+        text = str(spec).strip()
+        name, _, arg = text.partition(":")
+        name = name.strip().lower()
+        uniform = np.full(G, 1.0 / G)
+        if name in ("worst", "balanced", "mean") and arg:
+            raise UserError(f"objective {text!r} takes no parameter; expected {_OBJECTIVE_HELP}")
+        if name == "worst":
+            return cls("worst", np.zeros(G), 1.0, 1)
+        if name == "balanced":
+            return cls("balanced", uniform, 0.0, 0)
+        if name == "mean":
+            counts = None if group_counts is None else np.asarray(group_counts, dtype=np.float64)
+            if counts is None or counts.shape != (G,) or counts.sum() <= 0:
+                raise UserError("objective 'mean' weights groups by their calibration counts, but "
+                                "the group_counts are missing or all zero")
+            return cls("mean", counts / counts.sum(), 0.0, 0)
+        if name in ("blend", "cvar"):
+            try:
+                value = float(arg)
+            except ValueError:
+                raise UserError(f"objective {text!r}: {name} needs a number, e.g. "
+                                f"'{name}:0.5'; expected {_OBJECTIVE_HELP}") from None
+            if name == "blend":
+                if not 0.0 <= value <= 1.0:
+                    raise UserError(f"objective {text!r}: λ must lie in [0, 1]")
+                spec_out = f"blend:{value:g}"
+                if value == 0.0:
+                    return cls(spec_out, uniform, 0.0, 0)
+                return cls(spec_out, uniform * (1.0 - value), value, 1)
+            if not 0.0 < value <= 1.0:
+                raise UserError(f"objective {text!r}: α must lie in (0, 1]")
+            k = min(G, max(1, math.ceil(value * G - 1e-9)))
+            spec_out = f"cvar:{value:g}"
+            if k == G:
+                return cls(spec_out, uniform, 0.0, 0)
+            return cls(spec_out, np.zeros(G), 1.0 / k, k)
+        raise UserError(f"unknown objective {text!r}; expected {_OBJECTIVE_HELP}")
+
+    @property
+    def num_groups(self) -> int:
+        return self.lo.shape[0]
+
+    @property
+    def hi(self) -> np.ndarray:
+        return self.lo + self.d
+
+    @property
+    def is_linear(self) -> bool:
+        return self.q == 0 or self.d == 0.0
+
+    def __call__(self, C: np.ndarray) -> np.ndarray | float:
+        """Objective of group costs ``C`` ``[..., G]`` -> ``[...]``."""
+        C = np.asarray(C, dtype=np.float64)
+        out = C @ self.lo
+        if self.is_linear:
+            return out
+        if self.q == 1:
+            return out + self.d * C.max(axis=-1)
+        G = C.shape[-1]
+        top = np.partition(C, G - self.q, axis=-1)[..., G - self.q:]
+        return out + self.d * top.sum(axis=-1)
+
+    def weights(self, C: np.ndarray) -> np.ndarray:
+        """A maximising ``w ∈ W`` for ``C`` ``[G]`` (a supergradient of f at C)."""
+        w = self.lo.copy()
+        if not self.is_linear:
+            w[np.argsort(-np.asarray(C), kind="stable")[:self.q]] += self.d
+        return w
+
+    def project(self, w: np.ndarray) -> np.ndarray:
+        """Euclidean projection onto W; used to make an LP solution exactly dual-feasible."""
+        lo, hi = self.lo, self.hi
+        if self.is_linear:
+            return lo.copy()
+        a, b = float((w - hi).min()) - 1.0, float((w - lo).max()) + 1.0
+        for _ in range(100):  # Σ clip(w − τ, lo, hi) is non-increasing in τ
+            tau = 0.5 * (a + b)
+            if np.clip(w - tau, lo, hi).sum() > 1.0:
+                a = tau
+            else:
+                b = tau
+        p = np.clip(w - 0.5 * (a + b), lo, hi)
+        # remove the last float residue on a coordinate with room, keeping lo ≤ p ≤ hi
+        r = 1.0 - p.sum()
+        room = (hi - p) if r > 0 else (p - lo)
+        j = int(np.argmax(room))
+        p[j] = min(max(p[j] + r, lo[j]), hi[j])
+        return p
+
+
+# --------------------------------------------------------------------------- reduced problem
+@dataclass(frozen=True, eq=False)
+class ReducedProblem:
+    """What the back-ends solve: tied units merged, fixed units folded into constants.
+
+    ``V`` free super-units (at least two allowed bit-widths each) with summed ``costs``
+    ``[V, G, K]`` (0 where not allowed), ``allowed`` ``[V, K]`` and integer budget ``usage``
+    ``[V, K]`` (= summed budget weight × bits). ``base_costs`` ``[G]`` and ``base_usage`` belong
+    to fixed units. A choice ``k`` ``[V]`` (index into ``bits``) is feasible iff it is allowed
+    and ``base_usage + Σ_v usage[v, k_v] ≤ cap``. ``token`` is shared by every budget of one
+    problem, so back-ends can keep work between the budgets of a ladder.
+    """
+
+    costs: np.ndarray
+    allowed: np.ndarray
+    usage: np.ndarray
+    bits: np.ndarray
+    base_costs: np.ndarray
+    base_usage: int
+    cap: int
+    objective: Objective
+    token: object
+    sizes: np.ndarray                  # [V] weights per super-unit
+    counts: np.ndarray                 # [V] units per super-unit
+    scores: np.ndarray | None = None   # [V] importance scores (size-weighted mean), if given
+
+    @property
+    def num_units(self) -> int:
+        return self.costs.shape[0]
+
+    @property
+    def free_cap(self) -> int:
+        return self.cap - self.base_usage
+
+    def min_choice(self) -> np.ndarray:
+        """The allowed choice of least usage per super-unit (lowest bits) ``[V]``."""
+        return np.argmax(self.allowed, axis=1)
+
+    def max_choice(self) -> np.ndarray:
+        K = self.allowed.shape[1]
+        return K - 1 - np.argmax(self.allowed[:, ::-1], axis=1)
+
+    def group_costs(self, choice: np.ndarray) -> np.ndarray:
+        v = np.arange(self.num_units)
+        return self.base_costs + self.costs[v, :, choice].sum(axis=0)
+
+    def total_usage(self, choice: np.ndarray) -> int:
+        return self.base_usage + int(self.usage[np.arange(self.num_units), choice].sum())
+
+    def value(self, choice: np.ndarray) -> float:
+        return float(self.objective(self.group_costs(choice)))
+
+    def is_feasible(self, choice: np.ndarray) -> bool:
+        v = np.arange(self.num_units)
+        return bool(self.allowed[v, choice].all()) and self.total_usage(choice) <= self.cap
+
+
+# --------------------------------------------------------------------------- the problem
+@dataclass(eq=False)
+class AllocationProblem:
+    """Choose a bit-width per unit (plain arrays; solved by :func:`fqopt.solvers.solve`).
+
+    Args:
+        costs: float64 ``[U, G, K]``; ``costs[u, g, k]`` is group g's predicted cost increase when
+            unit u is at ``bits[k]``. ``+inf`` forbids a choice.
+        bits: int ``[K]`` strictly increasing candidate bit-widths.
+        sizes: int64 ``[U]`` weights per unit.
+        budget: the budget's value, in the unit of ``budget_kind``:
+            ``avg_bits`` (parameter-weighted average bits over all units, pinned ones included:
+            ``Σ size_u·b_u ≤ budget · Σ size_u``), ``size_bytes`` (packed weights ``⌈Σ
+            size_u·b_u / 8⌉`` plus ``size_overhead`` bytes of scales and float parameters), or
+            ``bops`` (``Σ macs_u · b_u · activation_bits``).
+        objective: ``worst`` | ``balanced`` | ``mean`` | ``blend:λ`` | ``cvar:α``
+            (see :class:`Objective`).
+        group_counts: int ``[G]`` calibration samples per group (needed by ``mean``).
+        macs: int64 ``[U]`` multiply-accumulates per sample (needed by ``bops``).
+        pins: unit index -> bits (the unit keeps exactly that bit-width).
+        min_bits, max_bits: a number or ``[U]`` array bounding each unit's bit-width.
+        ties: lists of unit indices that must share one bit-width.
+        unit_names, group_names: for messages and plans.
+        scores: float ``[U]`` importance scores (higher = more important), e.g. FairQuant's
+            mean |importance| per weight; only the ``quantile`` baseline reads them.
+        size_overhead: bytes added to the packed weights by a ``size_bytes`` budget.
+    """
+
+    costs: np.ndarray
+    bits: np.ndarray
+    sizes: np.ndarray
+    budget: float
+    budget_kind: str = "avg_bits"
+    objective: str = "worst"
+    group_counts: np.ndarray | None = None
+    macs: np.ndarray | None = None
+    pins: dict[int, int] | None = None
+    min_bits: int | np.ndarray | None = None
+    max_bits: int | np.ndarray | None = None
+    ties: list[list[int]] | None = None
+    unit_names: list[str] | None = None
+    group_names: list[str] | None = None
+    size_overhead: int = 0
+    activation_bits: int = 8
+    scores: np.ndarray | None = None
+    source: str = "allocation problem"
+    # the reduction at cap 0, built once and shared by with_budget; and unit -> super-unit maps
+    _reduced: ReducedProblem | None = field(default=None, init=False, repr=False)
+    _expansion: tuple | None = field(default=None, init=False, repr=False)
+
+    # ---------------------------------------------------------------- validation
+    def __post_init__(self):
+        src = self.source
+        self.costs = np.asarray(self.costs, dtype=np.float64)
+        if self.costs.ndim != 3 or 0 in self.costs.shape:
+            raise UserError(f"{src}: costs must be a non-empty [U, G, K] array, got shape "
+                            f"{self.costs.shape}")
+        U, G, K = self.costs.shape
+        self.bits = np.asarray(self.bits, dtype=np.int64).reshape(-1)
+        self.sizes = np.asarray(self.sizes, dtype=np.int64).reshape(-1)
+        if self.bits.shape != (K,):
+            raise UserError(f"{src}: bits has shape {self.bits.shape}, expected ({K},)")
+        if np.any(self.bits <= 0) or np.any(np.diff(self.bits) <= 0):
+            raise UserError(f"{src}: bits must be positive and strictly increasing, got "
+                            f"{self.bits.tolist()}")
+        if self.sizes.shape != (U,) or np.any(self.sizes <= 0):
+            raise UserError(f"{src}: sizes must be {U} positive weight counts")
+        self.unit_names = ([f"unit {u}" for u in range(U)] if self.unit_names is None
+                           else [str(n) for n in self.unit_names])
+        self.group_names = ([f"group {g}" for g in range(G)] if self.group_names is None
+                            else [str(n) for n in self.group_names])
+        if len(self.unit_names) != U or len(self.group_names) != G:
+            raise UserError(f"{src}: {len(self.unit_names)} unit names and "
+                            f"{len(self.group_names)} group names for costs of shape {(U, G, K)}")
+        if np.isnan(self.costs).any() or np.isneginf(self.costs).any():
+            u, g, k = np.argwhere(np.isnan(self.costs) | np.isneginf(self.costs))[0]
+            raise UserError(f"{src}: cost of unit {self.unit_names[u]!r}, group "
+                            f"{self.group_names[g]!r} at {self.bits[k]} bits is "
+                            f"{self.costs[u, g, k]}; expected a number or +inf")
+        if self.group_counts is not None:
+            self.group_counts = np.asarray(self.group_counts, dtype=np.int64).reshape(-1)
+        if self.macs is not None:
+            self.macs = np.asarray(self.macs, dtype=np.int64).reshape(-1)
+            if self.macs.shape != (U,):
+                raise UserError(f"{src}: macs has shape {self.macs.shape}, expected ({U},)")
+        if self.scores is not None:
+            self.scores = np.asarray(self.scores, dtype=np.float64).reshape(-1)
+            if self.scores.shape != (U,) or not np.isfinite(self.scores).all():
+                raise UserError(f"{src}: scores must be {U} finite numbers, one per unit")
+        if self.budget_kind not in BUDGET_KINDS:
+            raise UserError(f"unknown budget kind {self.budget_kind!r}; expected one of "
+                            f"{', '.join(BUDGET_KINDS)}")
+        self.objective_fn = Objective.parse(self.objective, G, self.group_counts)
+        self.objective = self.objective_fn.spec
+        self.allowed = self._allowed_mask()
+        self.ties = [list(map(int, t)) for t in (self.ties or []) if len(t) > 1]
+        self._weights = self._budget_weights()
+        self._set_budget(self.budget)
+
+    def _allowed_mask(self) -> np.ndarray:
+        U = self.num_units
+        allowed = np.isfinite(self.costs).all(axis=1)
+        if self.min_bits is not None:
+            lo = np.broadcast_to(np.asarray(self.min_bits, dtype=np.int64), (U,))
+            allowed &= self.bits[None, :] >= lo[:, None]
+        if self.max_bits is not None:
+            hi = np.broadcast_to(np.asarray(self.max_bits, dtype=np.int64), (U,))
+            allowed &= self.bits[None, :] <= hi[:, None]
+        for u, b in (self.pins or {}).items():
+            u, b = int(u), int(b)
+            if not 0 <= u < U:
+                raise UserError(f"{self.source}: pinned unit index {u} out of range 0..{U - 1}")
+            if b not in self.bits:
+                raise UserError(f"{self.source}: unit {self.unit_names[u]!r} is pinned to {b} "
+                                f"bits, which is not a candidate bit-width {self.bits.tolist()}")
+            row = self.bits == b
+            if not (allowed[u] & row).any():
+                raise UserError(f"{self.source}: unit {self.unit_names[u]!r} is pinned to {b} "
+                                "bits, but its cost there is +inf or outside its min/max bits")
+            allowed[u] = row
+        empty = ~allowed.any(axis=1)
+        if empty.any():
+            u = int(np.argmax(empty))
+            raise UserError(f"{self.source}: unit {self.unit_names[u]!r} has no allowed bit-width "
+                            f"(min/max bits, pins or +inf costs exclude all of "
+                            f"{self.bits.tolist()})")
+        return allowed
+
+    def _budget_weights(self) -> np.ndarray:
+        if self.budget_kind == "bops":
+            if self.macs is None or np.any(self.macs < 0):
+                u = 0 if self.macs is None else int(np.argmax(self.macs < 0))
+                raise UserError(f"{self.source}: a bops budget needs the MACs of every unit; "
+                                f"unit {self.unit_names[u]!r} has none")
+            return self.macs * int(self.activation_bits)
+        return self.sizes.copy()
+
+    def _set_budget(self, value) -> None:
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            raise UserError(f"budget must be a number, got {value!r}") from None
+        if not math.isfinite(value):
+            raise UserError(f"budget must be finite, got {value}")
+        self.budget = value
+        kind = self.budget_kind
+        if kind == "avg_bits":
+            exact = value * int(self.sizes.sum())
+            self.cap = math.floor(exact + abs(exact) * _BUDGET_RTOL)
+        elif kind == "size_bytes":
+            self.cap = 8 * (math.floor(value + abs(value) * _BUDGET_RTOL)
+                            - int(self.size_overhead))
+        else:
+            self.cap = math.floor(value + abs(value) * _BUDGET_RTOL)
+
+    def with_budget(self, value: float) -> "AllocationProblem":
+        """The same problem at another budget; shares the reduction (and solvers' warm starts)."""
+        self.reduced()  # build the shared reduction once, before copying
+        other = copy.copy(self)
+        other._set_budget(value)
+        return other
+
+    # ---------------------------------------------------------------- construction
+    @classmethod
+    def from_table(cls, table, *, budget: float, budget_kind: str = "avg_bits",
+                   objective: str = "worst", pins="default", min_bits=None, max_bits=None,
+                   ties="default", activation_bits: int = 8) -> "AllocationProblem":
+        """The problem a :class:`~fqopt.sensitivity.SensitivityTable` describes.
+
+        pins: ``"default"`` (the table's ``meta['pinned']``), ``"none"``/``None``, or a dict
+            layer-or-unit name -> bits.
+        min_bits, max_bits: a number, or a dict layer-or-unit name -> bits.
+        ties: ``"default"`` (the table's ``meta['ties']``), ``None``, or lists of layer or unit
+            names (layers tie channel by channel).
+        """
+        from fqopt.sensitivity import table_unit_set
+        from fqopt.units import FLOAT_BYTES, SCALE_BYTES
+
+        units = table_unit_set(table)
+        src = f"sensitivity table {table.source}"
+        index = {n: i for i, n in enumerate(units.names)}
+        slices = units.unit_slices()
+
+        def members(name: str) -> list[int]:
+            if name in index:
+                return [index[name]]
+            if name in slices:
+                return list(range(slices[name].start, slices[name].stop))
+            raise UserError(f"{src}: {name!r} is neither a unit nor a layer of the table "
+                            f"(e.g. {units.names[0]!r})")
+
+        def per_unit(spec, what):
+            if spec is None or isinstance(spec, (int, np.integer)):
+                return spec
+            if not isinstance(spec, dict):
+                raise UserError(f"{what} must be a number or a dict name -> bits")
+            arr = np.full(len(units), -1, dtype=np.int64)
+            for name, b in spec.items():
+                arr[members(name)] = int(b)
+            fill = 0 if what == "min_bits" else np.iinfo(np.int64).max
+            return np.where(arr < 0, fill, arr)
+
+        if isinstance(pins, str) and pins == "default":
+            pin_units = {index[n]: b for n, b in units.pinned_units().items()}
+        elif pins is None or (isinstance(pins, str) and pins == "none"):
+            pin_units = {}
+        elif isinstance(pins, dict):
+            pin_units = {u: int(b) for name, b in pins.items() for u in members(name)}
+        else:
+            raise UserError(f"pins must be 'default', 'none' or a dict name -> bits, got {pins!r}")
+        if isinstance(ties, str) and ties == "default":
+            tie_units = [[index[n] for n in group] for group in units.tied_units()]
+        elif ties is None:
+            tie_units = []
+        else:
+            tie_units = []
+            for group in ties:
+                lists = [members(n) for n in group]
+                if len({len(m) for m in lists}) != 1:
+                    raise UserError(f"cannot tie {list(group)}: they have different numbers of "
+                                    "units")
+                tie_units.extend([list(t) for t in zip(*lists)])
+        overhead = SCALE_BYTES * units.num_channels + FLOAT_BYTES * units.float_params
+        scores = _table_scores(table, index, src)
+        return cls(costs=table.costs, bits=table.bits, sizes=table.sizes, budget=budget,
+                   budget_kind=budget_kind, objective=objective,
+                   group_counts=table.group_counts, macs=table.macs, pins=pin_units,
+                   min_bits=per_unit(min_bits, "min_bits"),
+                   max_bits=per_unit(max_bits, "max_bits"), ties=tie_units,
+                   unit_names=table.units, group_names=table.groups, size_overhead=overhead,
+                   activation_bits=activation_bits, scores=scores, source=src)
+
+    # ---------------------------------------------------------------- shape
+    @property
+    def num_units(self) -> int:
+        return self.costs.shape[0]
+
+    @property
+    def num_groups(self) -> int:
+        return self.costs.shape[1]
+
+    @property
+    def num_bits(self) -> int:
+        return self.costs.shape[2]
+
+    @property
+    def budget_spec(self) -> dict:
+        return {"kind": self.budget_kind, "value": self.budget}
+
+    @functools.cached_property
+    def cost_scale(self) -> float:
+        """Largest group cost any assignment could reach (``max_g Σ_u max_k |costs|``); the
+        gap's floor is ``GAP_FLOOR`` times this."""
+        c = np.where(self.allowed[:, None, :], np.abs(self.costs), 0.0)
+        return float(c.max(axis=2).sum(axis=0).max())
+
+    # ---------------------------------------------------------------- budget
+    def usage_to_budget(self, usage: int) -> float:
+        """Integer usage (bits, or bit-MACs) -> the budget's unit."""
+        if self.budget_kind == "avg_bits":
+            return usage / int(self.sizes.sum())
+        if self.budget_kind == "size_bytes":
+            return float(-(-int(usage) // 8) + int(self.size_overhead))  # ⌈usage / 8⌉
+        return float(usage)
+
+    def _usage_at(self, which: str) -> int:
+        red = self.reduced()
+        choice = red.min_choice() if which == "min" else red.max_choice()
+        return red.base_usage + int(red.usage[np.arange(red.num_units), choice].sum())
+
+    def min_budget(self) -> float:
+        """The smallest budget value for which a feasible assignment exists."""
+        return self.usage_to_budget(self._usage_at("min"))
+
+    def max_budget(self) -> float:
+        """The budget at which every unit can take its largest allowed bit-width."""
+        return self.usage_to_budget(self._usage_at("max"))
+
+    @property
+    def is_budget_feasible(self) -> bool:
+        return self._usage_at("min") <= self.cap
+
+    def infeasibility_message(self) -> str:
+        need = self.min_budget()
+        return (f"budget {self._fmt(self.budget)} {self.budget_kind} is infeasible: the pins, "
+                f"ties and minimum bits need at least {self._fmt(need)} {self.budget_kind} "
+                f"(short by {self._fmt(need - self.budget)})")
+
+    def _fmt(self, v: float) -> str:
+        return f"{v:.6g}" if self.budget_kind == "avg_bits" else f"{v:.0f}"
+
+    # ---------------------------------------------------------------- assignments
+    def _choice_of(self, assignment) -> np.ndarray:
+        a = np.asarray(assignment)
+        if a.shape != (self.num_units,):
+            raise UserError(f"assignment has shape {a.shape}, expected ({self.num_units},) "
+                            "bit-widths")
+        a = a.astype(np.int64)
+        k = np.clip(np.searchsorted(self.bits, a), 0, self.num_bits - 1)
+        bad = self.bits[k] != a
+        if bad.any():
+            u = int(np.argmax(bad))
+            raise UserError(f"unit {self.unit_names[u]!r} is assigned {int(a[u])} bits, not a "
+                            f"candidate bit-width {self.bits.tolist()}")
+        return k
+
+    def group_costs(self, assignment) -> np.ndarray:
+        """``[G]`` predicted cost per group of an assignment (bits per unit, ``[U]``)."""
+        k = self._choice_of(assignment)
+        return self.costs[np.arange(self.num_units), :, k].sum(axis=0)
+
+    def evaluate(self, assignment) -> float:
+        """The objective of an assignment, recomputed from the costs."""
+        return float(self.objective_fn(self.group_costs(assignment)))
+
+    def usage(self, assignment) -> int:
+        return int(self._weights @ np.asarray(assignment, dtype=np.int64))
+
+    def budget_used(self, assignment) -> float:
+        """What the assignment spends, in the budget's unit."""
+        return self.usage_to_budget(self.usage(assignment))
+
+    def check_feasible(self, assignment) -> None:
+        """Raise a UserError naming the first violated constraint (bits, pins, min/max, ties,
+        budget); return None if the assignment is feasible."""
+        k = self._choice_of(assignment)
+        a = np.asarray(assignment, dtype=np.int64)
+        ok = self.allowed[np.arange(self.num_units), k]
+        if not ok.all():
+            u = int(np.argmin(ok))
+            pinned = (self.pins or {}).get(u)
+            if pinned is not None:
+                raise UserError(f"unit {self.unit_names[u]!r} is pinned to {int(pinned)} bits "
+                                f"but assigned {int(a[u])}")
+            allowed = self.bits[self.allowed[u]].tolist()
+            raise UserError(f"unit {self.unit_names[u]!r} is assigned {int(a[u])} bits; its "
+                            f"min/max bits and +inf costs allow only {allowed}")
+        for t in self.ties:
+            if len(set(a[t].tolist())) > 1:
+                raise UserError(f"tied units {[self.unit_names[u] for u in t][:4]} have "
+                                f"different bit-widths {sorted(set(a[t].tolist()))}")
+        used = self.usage(a)
+        if used > self.cap:
+            raise UserError(f"assignment uses {self._fmt(self.usage_to_budget(used))} "
+                            f"{self.budget_kind}, over the budget {self._fmt(self.budget)}")
+
+    def is_feasible(self, assignment) -> bool:
+        try:
+            self.check_feasible(assignment)
+        except UserError:
+            return False
+        return True
+
+    # ---------------------------------------------------------------- reduction
+    def _build_reduction(self) -> None:
+        U, G, K = self.costs.shape
+        for t in self.ties:
+            bad = [u for u in t if not 0 <= u < U]
+            if bad:
+                raise UserError(f"{self.source}: tied unit index {bad[0]} out of range")
+        group_of = _tie_groups(U, self.ties)           # [U] super-unit of every unit
+        n = int(group_of.max()) + 1
+        masked = np.where(self.allowed[:, None, :], self.costs, 0.0)
+        if n == U:  # no ties: the units are the super-units
+            allowed, costs, weights = self.allowed, masked, self._weights
+        else:
+            allowed = np.ones((n, K), dtype=bool)
+            np.logical_and.at(allowed, group_of, self.allowed)
+            empty = ~allowed.any(axis=1)
+            if empty.any():
+                bad = np.flatnonzero(group_of == int(np.argmax(empty)))
+                raise UserError(f"{self.source}: tied units "
+                                f"{[self.unit_names[u] for u in bad][:4]} have no common "
+                                "allowed bit-width")
+            costs = np.zeros((n, G, K))
+            np.add.at(costs, group_of, masked)
+            costs[~np.broadcast_to(allowed[:, None, :], costs.shape)] = 0.0
+            weights = np.bincount(group_of, weights=self._weights, minlength=n).astype(np.int64)
+        free = allowed.sum(axis=1) > 1
+        fixed_k = np.where(free, -1, np.argmax(allowed, axis=1))
+        fixed = np.flatnonzero(~free)
+        base_costs = costs[fixed, :, fixed_k[fixed]].sum(axis=0) if fixed.size else np.zeros(G)
+        sizes = np.bincount(group_of, weights=self.sizes, minlength=n)
+        scores = None
+        if self.scores is not None:
+            scores = (np.bincount(group_of, weights=self.scores * self.sizes, minlength=n)
+                      / sizes)[free]
+        self._expansion = (np.where(free, np.cumsum(free) - 1, -1)[group_of], fixed_k[group_of])
+        self._reduced = ReducedProblem(
+            costs=np.ascontiguousarray(costs[free]), allowed=allowed[free],
+            usage=weights[free][:, None] * self.bits[None, :], bits=self.bits,
+            base_costs=np.asarray(base_costs, dtype=np.float64),
+            base_usage=int((weights[fixed] * self.bits[fixed_k[fixed]]).sum()), cap=0,
+            objective=self.objective_fn, token=object(), sizes=sizes[free].astype(np.int64),
+            counts=np.bincount(group_of, minlength=n)[free], scores=scores)
+
+    def reduced(self) -> ReducedProblem:
+        """Ties merged, fixed units folded into constants (see :class:`ReducedProblem`)."""
+        if self._reduced is None:
+            self._build_reduction()
+        return dataclasses.replace(self._reduced, cap=self.cap)
+
+    def expand(self, choice: np.ndarray) -> np.ndarray:
+        """Super-unit choices ``[V]`` (indices into ``bits``) -> bits per unit ``[U]``."""
+        if self._reduced is None:
+            self._build_reduction()
+        super_of, fixed_k = self._expansion
+        choice = np.asarray(choice, dtype=np.int64)
+        k = fixed_k if choice.size == 0 else np.where(super_of >= 0,
+                                                      choice[np.maximum(super_of, 0)], fixed_k)
+        return self.bits[k].astype(np.int64)
+
+    def __repr__(self) -> str:
+        U, G, _ = self.costs.shape
+        return (f"AllocationProblem(units={U}, groups={G}, bits={self.bits.tolist()}, "
+                f"objective={self.objective!r}, budget={self.budget:g} {self.budget_kind})")
+
+
+def _tie_groups(U: int, ties: list[list[int]]) -> np.ndarray:
+    """``[U]`` index of each unit's tie group (union-find over overlapping ties), 0..n-1."""
+    if not ties:
+        return np.arange(U)
+    parent = list(range(U))
+
+    def find(i):
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for t in ties:
+        root = find(t[0])
+        for u in t[1:]:
+            parent[find(u)] = root
+    return np.unique([find(u) for u in range(U)], return_inverse=True)[1]
+
+
+def _table_scores(table, index: dict[str, int], src: str) -> np.ndarray | None:
+    """``meta['scores']``: unit importance scores, a list ``[U]`` or a dict unit -> score."""
+    raw = (table.meta or {}).get("scores")
+    if raw is None:
+        return None
+    if isinstance(raw, dict):
+        out = np.full(len(index), np.nan)
+        for name, v in raw.items():
+            if name not in index:
+                raise UserError(f"{src}: meta['scores'] names unknown unit {name!r}")
+            out[index[name]] = float(v)
+        if np.isnan(out).any():
+            raise UserError(f"{src}: meta['scores'] has no score for unit "
+                            f"{list(index)[int(np.argmax(np.isnan(out)))]!r}")
+        return out
+    try:
+        out = np.asarray(raw, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise UserError(f"{src}: meta['scores'] must be a list of numbers or a dict") from None
+    if out.shape != (len(index),):
+        raise UserError(f"{src}: meta['scores'] has {out.size} values for {len(index)} units")
+    return out

@@ -1,0 +1,180 @@
+"""Solver base class and registry: every back-end answers the same AllocationProblem."""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import time
+from collections.abc import Callable, Iterable
+from typing import ClassVar
+
+import numpy as np
+
+from fqopt.errors import UserError
+from fqopt.solvers._problem import GAP_FLOOR, AllocationProblem, ReducedProblem
+from fqopt.solvers._result import STATUSES, AllocationResult, Solution
+
+_SOLVERS: dict[str, type["Solver"]] = {}
+
+
+def register_solver(name: str):
+    """Class decorator: make a :class:`Solver` subclass available as ``backend=name``."""
+
+    def deco(cls):
+        cls.name = name
+        _SOLVERS[name] = cls
+        return cls
+
+    return deco
+
+
+def available_solvers() -> list[str]:
+    _load_builtin()
+    return list(_SOLVERS)
+
+
+_BUILTIN = ("lagrange", "cpsat", "milp", "quantile", "exhaustive")
+
+
+def get_solver(name: str = "auto", **options) -> "Solver":
+    """A configured back-end; options are the fields of its dataclass (e.g. ``num_workers``)."""
+    _load_builtin()
+    if name not in _SOLVERS:
+        raise UserError(f"unknown solver {name!r}; expected one of {', '.join(_SOLVERS)}")
+    cls = _SOLVERS[name]
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(options) - names)
+    if unknown:
+        raise UserError(f"solver {name!r} has no option(s) {unknown}; it takes "
+                        f"{sorted(names) or 'none'}")
+    return cls(**options)
+
+
+class Solver(abc.ABC):
+    """A back-end. Subclasses are dataclasses of their settings and implement :meth:`_solve`
+    on the :class:`ReducedProblem`; this base checks the budget, expands ties, recomputes the
+    objective from the full costs, verifies feasibility and fills in the gap.
+
+    A solver instance may keep work between calls on problems that share a reduction (the
+    budgets of :func:`solve_ladder`).
+    """
+
+    name: ClassVar[str] = ""
+    #: proves optimality when it finishes within its limits
+    exact: ClassVar[bool] = False
+    #: time limit in seconds used when none is given (None: unlimited)
+    default_time_limit: ClassVar[float | None] = None
+
+    def solve(self, problem: AllocationProblem, *, time_limit: float | None = None
+              ) -> AllocationResult:
+        t0 = time.perf_counter()
+        if time_limit is not None and not time_limit > 0:
+            raise UserError(f"time limit must be positive seconds, got {time_limit}")
+        limit = self.default_time_limit if time_limit is None else float(time_limit)
+        if not problem.is_budget_feasible:
+            return infeasible_result(problem, self.name, time.perf_counter() - t0)
+        red = problem.reduced()
+        if red.num_units == 0:  # every unit fixed: one assignment, optimal by itself
+            none = np.zeros(0, dtype=np.int64)
+            sol = Solution("optimal", none, red.value(none))
+        else:
+            sol = self._solve(red, None if limit is None else t0 + limit)
+        return finish(problem, sol, self.name, t0)
+
+    @abc.abstractmethod
+    def _solve(self, red: ReducedProblem, deadline: float | None) -> Solution:
+        """Solve the reduced problem by ``deadline`` (``time.perf_counter`` clock; None: no
+        limit)."""
+
+
+def infeasible_result(problem: AllocationProblem, backend: str, seconds: float
+                      ) -> AllocationResult:
+    return AllocationResult(
+        status="infeasible", assignment=None, objective=None, bound=None, gap=None,
+        seconds=seconds, backend=backend,
+        info={"min_budget": problem.min_budget(), "message": problem.infeasibility_message()},
+        objective_name=problem.objective, budget=problem.budget_spec,
+        groups=list(problem.group_names))
+
+
+def finish(problem: AllocationProblem, sol: Solution, backend: str, t0: float
+           ) -> AllocationResult:
+    """Turn a back-end's reduced solution into a checked AllocationResult."""
+    if sol.status not in STATUSES:  # pragma: no cover - a back-end bug
+        raise RuntimeError(f"{backend} returned unknown status {sol.status!r}")
+    info = dict(sol.info)
+    common = dict(backend=info.pop("backend", backend), objective_name=problem.objective,
+                  budget=problem.budget_spec, groups=list(problem.group_names))
+    if sol.choice is None:
+        return AllocationResult(status=sol.status, assignment=None, objective=None,
+                                bound=sol.bound, gap=None,
+                                seconds=time.perf_counter() - t0, info=info, **common)
+    assignment = problem.expand(sol.choice)
+    try:
+        problem.check_feasible(assignment)
+    except UserError as exc:  # pragma: no cover - a back-end bug, never the user's
+        raise RuntimeError(f"{backend} returned an infeasible assignment: {exc}") from None
+    group_costs = problem.group_costs(assignment)
+    objective = float(problem.objective_fn(group_costs))
+    gap = None
+    if sol.bound is not None and np.isfinite(sol.bound):
+        denom = max(abs(objective), GAP_FLOOR * problem.cost_scale, 1e-300)
+        gap = max(0.0, (objective - float(sol.bound)) / denom)
+    return AllocationResult(status=sol.status, assignment=assignment, objective=objective,
+                            bound=None if sol.bound is None else float(sol.bound), gap=gap,
+                            seconds=time.perf_counter() - t0, group_costs=group_costs,
+                            budget_used=problem.budget_used(assignment), info=info, **common)
+
+
+def solve(problem: AllocationProblem, backend: str = "auto", *,
+          time_limit: float | None = None, **options) -> AllocationResult:
+    """Solve ``problem`` with the named back-end (see :func:`available_solvers`)."""
+    return get_solver(backend, **options).solve(problem, time_limit=time_limit)
+
+
+def solve_ladder(problem: AllocationProblem, budgets: Iterable[float], backend: str = "auto",
+                 *, time_limit: float | None = None,
+                 callback: Callable[[int, int, AllocationResult], None] | None = None,
+                 **options) -> list[AllocationResult]:
+    """Solve ``problem`` at each budget with one solver instance, so that work carries over
+    (Lagrangian cuts, the compiled MILP with its budget Parameter, CP-SAT hints).
+    ``callback(i, n, result)`` is called after each budget."""
+    solver = get_solver(backend, **options)
+    budgets = list(budgets)
+    out = []
+    for i, b in enumerate(budgets):
+        res = solver.solve(problem.with_budget(b), time_limit=time_limit)
+        out.append(res)
+        if callback is not None:
+            callback(i + 1, len(budgets), res)
+    return out
+
+
+def _load_builtin() -> None:
+    # the built-in back-ends register themselves on import; none imports its solver library
+    # until it runs
+    import importlib
+
+    for name in _BUILTIN:
+        importlib.import_module(f"fqopt.solvers._{name}")
+
+
+@register_solver("auto")
+@dataclasses.dataclass
+class AutoSolver(Solver):
+    """``cpsat`` (exact) when the reduced problem has at most ``max_exact_units`` super-units
+    (layer granularity, small models), ``lagrange`` otherwise (per-channel scale, where generic
+    solvers stall). Default time limit 60 s."""
+
+    max_exact_units: int = 2000
+    _delegates: dict = dataclasses.field(default_factory=dict, init=False, repr=False)
+
+    default_time_limit = 60.0
+
+    def _solve(self, red, deadline):
+        pick = "cpsat" if red.num_units <= self.max_exact_units else "lagrange"
+        if pick not in self._delegates:
+            self._delegates[pick] = get_solver(pick)
+        sol = self._delegates[pick]._solve(red, deadline)
+        sol.info.update(backend=pick, selected_by="auto")
+        return sol
