@@ -21,11 +21,11 @@ _LAZY = {
     "evaluate": ("fqopt.evaluation", "evaluate"),
     "train": ("fqopt.training", "train"),
     "refine": ("fqopt.baq", "refine"),
-    "export": ("fqopt.export", "export"),
-    "load_quantized": ("fqopt.export", "load_quantized"),
+    "export": ("fqopt.packed", "export"),
+    "load_quantized": ("fqopt.packed", "load_quantized"),
 }
 _SUBMODULES = {"data", "models", "metrics", "quantizers", "units", "plan", "sensitivity",
-               "profiling", "apply", "evaluation", "training", "runs", "baq", "export",
+               "profiling", "apply", "evaluation", "training", "runs", "baq", "packed",
                "solvers", "search"}
 
 __all__ = ["__version__", "UserError", *_LAZY, *sorted(_SUBMODULES)]

@@ -70,9 +70,9 @@ class AllocationPlan:
         if unit_bits.shape[0] != len(units):
             raise UserError(f"{unit_bits.shape[0]} bit-widths given for {len(units)} units")
         layer_bits = {}
+        slices = units.unit_slices()
         for layer in units.layers:
-            sl = units.unit_slices()[layer.name]
-            b = unit_bits[sl]
+            b = unit_bits[slices[layer.name]]
             layer_bits[layer.name] = (np.full(layer.out_channels, b[0]) if units.granularity ==
                                       "layer" else b.copy())
         return cls._from_layer_bits(units, layer_bits, model=model, bits=bits, budget=budget,
@@ -88,8 +88,9 @@ class AllocationPlan:
         for layer in units.layers:
             b = units.pinned.get(layer.name, bits) if respect_pins else bits
             layer_bits[layer.name] = np.full(layer.out_channels, b, dtype=np.int64)
+        pinned_bits = set(units.pinned.values()) if respect_pins else set()
         return cls._from_layer_bits(units, layer_bits, model=model,
-                                    bits=sorted({int(bits), *units.pinned.values()}),
+                                    bits=sorted({int(bits), *pinned_bits}),
                                     objective=f"uniform:{bits}", meta=meta)
 
     @classmethod
@@ -179,17 +180,35 @@ class AllocationPlan:
         missing = [k for k in required if k not in d]
         if missing:
             raise UserError(f"plan {source}: missing field(s) {missing}")
+        from fqopt.units import GRANULARITIES
+
+        if d["granularity"] not in GRANULARITIES:
+            raise UserError(f"plan {source}: granularity is {d['granularity']!r}, expected one "
+                            f"of {', '.join(GRANULARITIES)}")
+        for key in ("assignments", "shapes"):
+            if not isinstance(d[key], dict) or not d[key]:
+                raise UserError(f"plan {source}: '{key}' must be a non-empty JSON object")
+        for layer, shape in d["shapes"].items():
+            if (not isinstance(shape, list) or not shape
+                    or not all(isinstance(x, int) and not isinstance(x, bool) and x > 0
+                               for x in shape)):
+                raise UserError(f"plan {source}: shape of layer {layer!r} must be a list of "
+                                f"positive integers, got {shape!r}")
+        if not isinstance(d["bits"], list):
+            raise UserError(f"plan {source}: 'bits' must be a list of bit-widths")
+        check_bits(d["bits"], what=f"plan {source}: candidate bits")
         assignments = {}
         for key, b in d["assignments"].items():
             layer, ch = parse_unit_name(key)
             if ch is None:
-                assignments[layer] = b if isinstance(b, list) else int(b)
+                assignments[layer] = ([_as_bits(x, source, key) for x in b] if isinstance(b, list)
+                                      else _as_bits(b, source, key))
             else:  # per-channel keys 'layer[c]' are folded into one list per layer
                 n = d["shapes"].get(layer, [0])[0]
                 lst = assignments.setdefault(layer, [None] * n)
                 if not isinstance(lst, list) or ch >= len(lst):
                     raise UserError(f"plan {source}: unit {key!r} does not fit layer {layer!r}")
-                lst[ch] = int(b)
+                lst[ch] = _as_bits(b, source, key)
         for layer, b in assignments.items():
             if isinstance(b, list):
                 if any(x is None for x in b):
@@ -218,7 +237,8 @@ class AllocationPlan:
         """Derive avg_bits, avg_bits_channel and size_bytes from assignments and shapes."""
         lb = self.layer_bits()
         total = bits = 0
-        for name, shape in self.shapes.items():
+        for name in self.assignments:
+            shape = self.shapes[name]
             per = int(np.prod(shape)) // shape[0]
             bits += int(lb[name].sum()) * per
             total += int(np.prod(shape))
@@ -246,6 +266,20 @@ class AllocationPlan:
 
 
 def check_bits(bits, what: str = "bit-width") -> None:
-    bad = [int(b) for b in bits if not 2 <= int(b) <= 8]
+    bad = [b.item() if isinstance(b, np.generic) else b for b in bits if not _is_bit_width(b)]
     if bad:
-        raise UserError(f"{what} {bad} outside the supported range 2-8")
+        raise UserError(f"{what} {bad} outside the supported range 2-8 (integers)")
+
+
+def _is_bit_width(b) -> bool:
+    if isinstance(b, (bool, np.bool_)) or not isinstance(b, (int, float, np.integer, np.floating)):
+        return False
+    return bool(np.isfinite(b)) and b == int(b) and 2 <= int(b) <= 8
+
+
+def _as_bits(b, source: str, key: str) -> int:
+    """A JSON bit-width as an int, or a UserError naming the unit."""
+    if not _is_bit_width(b):
+        raise UserError(f"plan {source}: bit-width of unit {key!r} must be an integer 2-8, "
+                        f"got {b!r}")
+    return int(b)

@@ -30,8 +30,8 @@ def _bits_tensor(bits, w: torch.Tensor) -> torch.Tensor:
             raise UserError(f"{b.numel()} bit-widths for a weight with {w.shape[0]} output channels")
     else:
         b = torch.full((w.shape[0],), float(bits), device=w.device, dtype=w.dtype)
-    if torch.any((b < 2) | (b > 8)):
-        raise UserError(f"bit-widths must be in 2-8, got {sorted(set(b.tolist()))}")
+    if torch.any((b < 2) | (b > 8)) or torch.any(b != torch.round(b)):
+        raise UserError(f"bit-widths must be integers in 2-8, got {sorted(set(b.tolist()))}")
     return b.reshape(shape)
 
 

@@ -10,6 +10,9 @@ The ``.npz`` contract (``allow_pickle=False``):
 - ``group_counts`` int64 ``[G]``: calibration samples per group
 - ``macs``   int64 ``[U]`` (optional; -1 where unknown)
 - ``meta``   a JSON string (model, dataset, method, granularity, seed, fqopt version)
+- any other numeric array is an optional extra, kept in ``extras`` (``fqopt profile`` writes
+  ``scores`` ``[U, G]`` and ``scores_max``/``scores_mean``/``scores_balanced`` ``[U]``, FairQuant's
+  unit importance scores, for the ``gradient`` and ``grape`` methods)
 
 A table can be written by hand or by another tool and still be solved.
 """
@@ -27,6 +30,7 @@ from fqopt.errors import UserError
 
 MIN_BITS, MAX_BITS = 2, 8
 _REQUIRED = ("costs", "bits", "sizes", "units", "groups", "group_counts")
+_RESERVED = (*_REQUIRED, "macs", "meta")
 
 
 @dataclass
@@ -40,6 +44,7 @@ class SensitivityTable:
     macs: np.ndarray | None = None   # int64 [U], -1 where unknown
     meta: dict = field(default_factory=dict)
     source: str = "<memory>"   # where it was loaded from, for error messages
+    extras: dict = field(default_factory=dict)  # optional numeric arrays (name -> array)
 
     def __post_init__(self):
         self.costs = np.asarray(self.costs, dtype=np.float64)
@@ -50,6 +55,7 @@ class SensitivityTable:
         self.group_counts = np.asarray(self.group_counts, dtype=np.int64).reshape(-1)
         if self.macs is not None:
             self.macs = np.asarray(self.macs, dtype=np.int64).reshape(-1)
+        self.extras = {str(k): np.asarray(v) for k, v in (self.extras or {}).items()}
         self.validate()
 
     # ------------------------------------------------------------------ shape
@@ -111,6 +117,15 @@ class SensitivityTable:
                             f"group {self.groups[g]!r}, {int(self.bits[k])} bits")
         if np.any(self.group_counts < 0):
             raise UserError(f"sensitivity table {src}: negative group_counts")
+        if not isinstance(self.meta, dict):
+            raise UserError(f"sensitivity table {src}: 'meta' must be a JSON object")
+        for name, arr in self.extras.items():
+            if name in _RESERVED:
+                raise UserError(f"sensitivity table {src}: extra array {name!r} clashes with a "
+                                "required array")
+            if not np.issubdtype(arr.dtype, np.number):
+                raise UserError(f"sensitivity table {src}: extra array {name!r} must be "
+                                f"numeric, got dtype {arr.dtype}")
 
     # --------------------------------------------------------------- file I/O
     def save(self, path: str | os.PathLike) -> None:
@@ -124,6 +139,7 @@ class SensitivityTable:
                       meta=np.array(json.dumps(self.meta)))
         if self.macs is not None:
             arrays["macs"] = self.macs
+        arrays.update(self.extras)
         with atomic_path(path) as tmp:
             with open(tmp, "wb") as f:
                 np.savez_compressed(f, **arrays)
@@ -143,6 +159,9 @@ class SensitivityTable:
         if missing:
             raise UserError(f"sensitivity table {path}: missing array(s) {missing}; expected "
                             f"{list(_REQUIRED)} (+ optional macs, meta)")
+        for k in ("units", "groups"):
+            if data[k].dtype.kind == "S":  # bytes written by another tool
+                data[k] = np.char.decode(data[k], "utf-8")
         meta = {}
         if "meta" in data:
             try:
@@ -153,10 +172,11 @@ class SensitivityTable:
             if k in data and not np.issubdtype(data[k].dtype, np.number):
                 raise UserError(f"sensitivity table {path}: '{k}' must be numeric, "
                                 f"got dtype {data[k].dtype}")
+        extras = {k: v for k, v in data.items() if k not in _RESERVED}
         return cls(costs=data["costs"], bits=data["bits"], sizes=data["sizes"],
                    units=data["units"].tolist(), groups=data["groups"].tolist(),
                    group_counts=data["group_counts"], macs=data.get("macs"), meta=meta,
-                   source=str(path))
+                   source=str(path), extras=extras)
 
     def __repr__(self) -> str:
         return (f"SensitivityTable(units={self.num_units}, groups={self.groups}, "

@@ -168,7 +168,9 @@ def _count_macs(model: nn.Module, input_size: tuple[int, int, int] | None) -> di
             per_out = mod.weight.numel() // mod.weight.shape[0]
             macs[name] = macs.get(name, 0) + int(out.numel() // out.shape[0]) * per_out
         hooks.append(m.register_forward_hook(hook))
-    was_training = model.training
+    # remember each module's own mode: model.train(flag) would overwrite mixed modes
+    # (e.g. a training model with frozen BatchNorm layers)
+    modes = {m: m.training for m in model.modules()}
     model.eval()
     try:
         p = next(model.parameters())
@@ -177,7 +179,8 @@ def _count_macs(model: nn.Module, input_size: tuple[int, int, int] | None) -> di
     finally:
         for h in hooks:
             h.remove()
-        model.train(was_training)
+        for m, mode in modes.items():
+            m.training = mode
     return macs
 
 

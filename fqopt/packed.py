@@ -1,0 +1,743 @@
+"""Deployable export: packed low-bit weights in safetensors (DESIGN.md §4.8).
+
+``export(model, plan, path)`` writes every quantized Conv2d/Linear weight as integer levels packed
+at its units' bit-widths, plus one float32 scale per output channel, plus the model's other state
+(biases, norm parameters, BatchNorm statistics) as it is. ``load_quantized(path)`` rebuilds the
+timm model and gives outputs equal to the fake-quantized model's (``fqopt.quantized(model, plan)``):
+the levels and scales are computed by the same functions (``choose_scale``/``quantize``), so the
+dequantized weights are bit-identical.
+
+File layout (safetensors; every tensor is 1-D; layers in the model's Conv2d/Linear registration
+order, the order of :func:`fqopt.units.discover_units`)::
+
+    qweight  U8   the packed levels of every quantized layer, layer after layer. Within a layer:
+                  the weight in row-major order ([out, in, kh, kw] or [out, in]); a level q of
+                  output channel c is stored as the unsigned b_c-bit code q + (2^(b_c-1) - 1)
+                  (offset binary, codes 0 .. 2^b_c - 2), bits least-significant first, in one
+                  continuous bit stream; each layer's stream is zero-padded to a whole byte.
+    scale    F32  [Σ out_channels] one scale per output channel (w ≈ q · scale).
+    float    F32  every other floating-point entry of the model's state dict (biases, norm
+                  weights, BatchNorm running statistics), flattened, in state-dict order.
+    int      I64  the integer entries (BatchNorm ``num_batches_tracked``), the same way.
+
+Per-layer byte offsets follow from the plan (bits and shapes), so the file holds four tensors
+whatever the model: a safetensors header costs ~90 bytes per tensor, which on a small model at
+2 bits would alone exceed the 2 % size bound if every layer had its own tensors (measured in
+``benchmarks/export_size.py``).
+
+Metadata (str → str): ``format`` (``fqopt.export/1``), ``model`` (timm architecture),
+``num_classes``, ``image_size`` (empty for CNNs built at any size), ``quantizer``,
+``fqopt_version``, ``plan`` (the full plan JSON, zlib-compressed and base64-encoded: a channel
+plan's per-channel bit lists compress to ~3 bits per channel), ``layout`` (16 hex digits of a
+sha256 over the state-dict names, kinds and shapes, so a model rebuilt differently is caught) and
+``checksum`` (``sha256:`` over the header's tensor index and other metadata, canonical JSON, then
+every data byte: any flipped or missing byte is caught).
+
+Theoretical size: ``Σ_u size_u · b_u / 8`` (weights) ``+ 4 · Σ out_channels`` (scales)
+``+ 4 · float parameters + buffers`` (BatchNorm statistics at float32, counters at int64). The
+plan's ``size_bytes`` is the same without buffers (and with the weight bits rounded up to a byte).
+The data section exceeds the theoretical size by under one byte per layer (padding); the file adds
+the 8-byte length and the JSON header (about 1 KB: tensor index, metadata, compressed plan).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import zlib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from fqopt._version import __version__
+from fqopt.errors import UserError
+
+__all__ = ["FORMAT", "ExportInfo", "ExportFile", "export", "load_quantized", "read_export",
+           "verify", "check_same_plan", "pack_codes", "unpack_codes", "budget_excess",
+           "theoretical_bytes"]
+
+FORMAT = "fqopt.export/1"
+QWEIGHT, SCALE, FLOAT, INT = "qweight", "scale", "float", "int"
+_KNOWN_TENSORS = (QWEIGHT, SCALE, FLOAT, INT)
+_BUDGET_RTOL = 1e-9   # relative slack on a recorded budget (float round-off of avg_bits)
+DEFAULT_ATOL = 1e-5   # tolerance of verify(): loaded vs fake-quantized outputs
+
+
+# ----------------------------------------------------------------------------- results
+@dataclass
+class ExportInfo:
+    """Sizes of an export file, in bytes.
+
+    ``theoretical_bytes = weight_bytes + scale_bytes + state_bytes`` where ``weight_bytes`` is
+    ``Σ_u size_u · b_u / 8`` (not rounded), ``scale_bytes`` 4 per output channel and
+    ``state_bytes`` the float parameters (4 bytes each) plus buffers (as stored: float32 / int64).
+    ``buffer_bytes`` is the buffers' share (``None`` when read back without the model).
+    ``ratio`` is file / theoretical; ``data_ratio`` leaves out the safetensors header.
+    """
+
+    path: str
+    file_bytes: int
+    header_bytes: int          # 8-byte length + JSON header (tensor index + metadata)
+    weight_bytes: float
+    scale_bytes: int
+    state_bytes: int
+    avg_bits: float
+    plan_size_bytes: int
+    quantizer: str
+    model: str
+    buffer_bytes: int | None = None
+    checksum: str = ""
+
+    @property
+    def theoretical_bytes(self) -> float:
+        return self.weight_bytes + self.scale_bytes + self.state_bytes
+
+    @property
+    def data_bytes(self) -> int:
+        return self.file_bytes - self.header_bytes
+
+    @property
+    def ratio(self) -> float:
+        return self.file_bytes / self.theoretical_bytes
+
+    @property
+    def data_ratio(self) -> float:
+        return self.data_bytes / self.theoretical_bytes
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.update(theoretical_bytes=self.theoretical_bytes, data_bytes=self.data_bytes,
+                 ratio=self.ratio, data_ratio=self.data_ratio)
+        return d
+
+
+@dataclass
+class ExportFile:
+    """An export file read and checked (format, checksum, plan), before any model is built."""
+
+    path: Path
+    metadata: dict[str, str]
+    plan: object                      # AllocationPlan
+    tensors: dict[str, torch.Tensor]
+    header_bytes: int
+    file_bytes: int
+
+    @property
+    def model_name(self) -> str:
+        return self.metadata.get("model", "")
+
+    @property
+    def num_classes(self) -> int | None:
+        v = self.metadata.get("num_classes", "")
+        return int(v) if v else None
+
+    @property
+    def image_size(self) -> int | None:
+        v = self.metadata.get("image_size", "")
+        return int(v) if v else None
+
+    @property
+    def quantizer(self) -> str:
+        return self.metadata.get("quantizer", "maxabs")
+
+    def info(self, buffer_bytes: int | None = None) -> ExportInfo:
+        plan = self.plan
+        weight_bits = _plan_weight_bits(plan)
+        channels = sum(int(s[0]) for s in plan.shapes.values())
+        state = sum(t.numel() * t.element_size() for k, t in self.tensors.items()
+                    if k in (FLOAT, INT))
+        return ExportInfo(path=str(self.path), file_bytes=self.file_bytes,
+                          header_bytes=self.header_bytes, weight_bytes=weight_bits / 8,
+                          scale_bytes=4 * channels, state_bytes=int(state),
+                          avg_bits=float(plan.avg_bits), plan_size_bytes=int(plan.size_bytes),
+                          quantizer=self.quantizer, model=self.model_name,
+                          buffer_bytes=buffer_bytes, checksum=self.metadata.get("checksum", ""))
+
+
+# ----------------------------------------------------------------------------- bit packing
+def pack_codes(codes: np.ndarray, bits: np.ndarray) -> np.ndarray:
+    """Pack unsigned codes ``[out, per]`` (row c at ``bits[c]`` bits each) into a uint8 stream.
+
+    Bits are written least-significant first, rows one after the other with no padding between
+    them; the stream is zero-padded to ``⌈Σ_c bits[c] · per / 8⌉`` bytes. Codes must fit their
+    row's bit-width (not checked here).
+    """
+    bits = np.asarray(bits, dtype=np.int64).reshape(-1)
+    codes = np.ascontiguousarray(codes, dtype=np.uint8).reshape(bits.size, -1)
+    planes = np.unpackbits(codes[..., None], axis=-1, bitorder="little")   # [out, per, 8]
+    if bits.size and np.all(bits == bits[0]):
+        stream = planes[..., : int(bits[0])].reshape(-1)
+    else:
+        keep = np.arange(8)[None, None, :] < bits[:, None, None]
+        stream = planes[np.broadcast_to(keep, planes.shape)]
+    return np.packbits(stream, bitorder="little")
+
+
+def unpack_codes(packed: np.ndarray, bits: np.ndarray, per: int) -> np.ndarray:
+    """Inverse of :func:`pack_codes`: uint8 ``[out, per]`` codes from a packed stream.
+
+    Raises ``ValueError`` if ``packed`` does not hold exactly ``⌈Σ bits · per / 8⌉`` bytes.
+    """
+    bits = np.asarray(bits, dtype=np.int64).reshape(-1)
+    packed = np.asarray(packed, dtype=np.uint8).reshape(-1)
+    total = int(bits.sum()) * int(per)
+    if packed.size != (total + 7) // 8:
+        raise ValueError(f"{packed.size} bytes for {total} bits")
+    stream = np.unpackbits(packed, count=total, bitorder="little")
+    planes = np.zeros((bits.size, int(per), 8), dtype=np.uint8)
+    if bits.size and np.all(bits == bits[0]):
+        planes[..., : int(bits[0])] = stream.reshape(bits.size, int(per), int(bits[0]))
+    else:
+        keep = np.arange(8)[None, None, :] < bits[:, None, None]
+        planes[np.broadcast_to(keep, planes.shape)] = stream
+    return np.packbits(planes, axis=-1, bitorder="little")[..., 0]
+
+
+def _packed_nbytes(bits: np.ndarray, per: int) -> int:
+    return (int(np.asarray(bits, dtype=np.int64).sum()) * int(per) + 7) // 8
+
+
+def _qmax(bits: np.ndarray) -> np.ndarray:
+    return (1 << (np.asarray(bits, dtype=np.int64) - 1)) - 1
+
+
+# ----------------------------------------------------------------------------- model layout
+@dataclass
+class _Layout:
+    """How a model's state maps onto the file's four tensors."""
+
+    layers: list            # LayerInfo of the quantized layers, in file order
+    modules: dict           # layer name -> module
+    float_keys: list[str]   # state-dict keys stored in FLOAT, in order
+    int_keys: list[str]     # state-dict keys stored in INT, in order
+    state: dict             # state dict (tensors share storage with the model)
+    fingerprint: str
+    float_param_bytes: int  # 4 per parameter that is not a quantized weight
+    buffer_bytes: int       # buffers as stored (float32 / int64)
+
+
+def _layout(model: nn.Module) -> _Layout:
+    from fqopt.units import discover_units, quantizable_layers
+
+    units = discover_units(model, "layer", pin="none")
+    modules = dict(quantizable_layers(model))
+    state = model.state_dict()
+    weight_keys = {f"{layer.name}.weight" for layer in units.layers}
+    missing = sorted(k for k in weight_keys if k not in state)
+    if missing:
+        raise UserError(f"cannot export: the model's state dict has no entry {missing[0]!r} "
+                        "for a quantized layer's weight")
+    float_keys, int_keys, lines = [], [], []
+    for key, t in state.items():
+        if key in weight_keys:
+            kind = "q"
+        elif t.is_floating_point():
+            kind = "f"
+            float_keys.append(key)
+        else:
+            kind = "i"
+            int_keys.append(key)
+        lines.append(f"{key}|{kind}|{','.join(map(str, t.shape))}")
+    fingerprint = hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
+    params = {n for n, _ in model.named_parameters(remove_duplicate=False)}
+    return _Layout(layers=list(units.layers), modules=modules, float_keys=float_keys,
+                   int_keys=int_keys, state=state, fingerprint=fingerprint,
+                   float_param_bytes=4 * sum(state[k].numel() for k in float_keys
+                                             if k in params),
+                   buffer_bytes=(4 * sum(state[k].numel() for k in float_keys
+                                         if k not in params)
+                                 + 8 * sum(state[k].numel() for k in int_keys)))
+
+
+def theoretical_bytes(model: nn.Module, plan) -> dict:
+    """The theoretical export size of ``model`` under ``plan``, in bytes, by part:
+    ``weights`` (Σ size_u · b_u / 8), ``scales`` (4 per output channel), ``float_params`` (4 per
+    parameter that is not a quantized weight), ``buffers`` (float32 / int64 as stored) and
+    ``total`` (their sum)."""
+    lay = _layout(model)
+    weights = _plan_weight_bits(plan) / 8
+    scales = 4 * sum(int(s[0]) for s in plan.shapes.values())
+    out = {"weights": weights, "scales": scales, "float_params": lay.float_param_bytes,
+           "buffers": lay.buffer_bytes}
+    out["total"] = weights + scales + lay.float_param_bytes + lay.buffer_bytes
+    return out
+
+
+def _plan_weight_bits(plan) -> int:
+    total = 0
+    for name, b in plan.layer_bits().items():
+        shape = plan.shapes[name]
+        total += int(np.asarray(b).sum()) * (int(np.prod(shape)) // int(shape[0]))
+    return total
+
+
+# ----------------------------------------------------------------------------- budget
+def budget_excess(plan, model: nn.Module, *, image_size: int | None = None):
+    """``(kind, actual, limit)`` if ``plan`` breaks the budget it records, else ``None``.
+
+    The actual figure is recomputed from the plan's bits and the model (never read from the plan):
+    ``avg_bits`` parameter-weighted, ``size_bytes`` as :func:`fqopt.plan.plan_size_bytes`,
+    ``bops`` = Σ_u MACs_u · b_u · activation_bits (MACs counted at ``image_size``).
+    """
+    from fqopt.plan import plan_size_bytes
+    from fqopt.units import discover_units
+
+    budget = plan.budget
+    if not budget:
+        return None
+    if not isinstance(budget, dict) or "kind" not in budget or "value" not in budget:
+        raise UserError(f"plan budget {budget!r} must be an object with 'kind' and 'value'")
+    kind = budget["kind"]
+    try:
+        limit = float(budget["value"])
+    except (TypeError, ValueError):
+        raise UserError(f"plan budget value {budget['value']!r} is not a number") from None
+    input_size = None
+    if kind == "bops":
+        input_size = (3, *_input_hw(model, image_size))
+    units = discover_units(model, plan.granularity, pin="none", input_size=input_size)
+    lb = plan.layer_bits()
+    if kind == "avg_bits":
+        actual = sum(int(lb[lay.name].sum()) * lay.per_channel
+                     for lay in units.layers) / units.quantized_params
+    elif kind == "size_bytes":
+        actual = float(plan_size_bytes(units, lb))
+    elif kind == "bops":
+        act = int(budget.get("activation_bits", 8))
+        ub = np.concatenate([lb[lay.name] if units.granularity == "channel"
+                             else lb[lay.name][:1] for lay in units.layers])
+        actual = float(int((units.macs * ub).sum()) * act)
+    else:
+        raise UserError(f"plan budget kind {kind!r} is unknown; expected avg_bits, size_bytes "
+                        "or bops")
+    if actual > limit + abs(limit) * _BUDGET_RTOL:
+        return kind, actual, limit
+    return None
+
+
+def _input_hw(model: nn.Module, image_size: int | None) -> tuple[int, int]:
+    if image_size:
+        return int(image_size), int(image_size)
+    pe = getattr(model, "patch_embed", None)
+    if pe is not None and getattr(pe, "img_size", None):
+        return tuple(int(x) for x in pe.img_size)
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    if isinstance(cfg, dict) and cfg.get("input_size"):
+        return tuple(int(x) for x in cfg["input_size"][1:])
+    return 224, 224
+
+
+# ----------------------------------------------------------------------------- export
+def export(model: nn.Module, plan, path, *, quantizer: str = "maxabs",
+           model_name: str | None = None, num_classes: int | None = None,
+           image_size: int | None = None, force: bool = False,
+           allow_over_budget: bool = False) -> ExportInfo:
+    """Write ``model``'s weights quantized per ``plan`` as packed integers to ``path``.
+
+    plan: an AllocationPlan, a plan JSON path, or an int (every Conv2d/Linear at that many bits).
+    quantizer: ``maxabs`` or ``mse`` (DESIGN.md §4.1), as for ``fqopt.quantized``.
+    model_name, num_classes, image_size: what :func:`load_quantized` passes to
+    ``fqopt.models.create``; by default read from the timm model (``pretrained_cfg``,
+    ``num_classes``, a ViT's ``patch_embed.img_size``).
+    A plan that does not fit the model, or that exceeds the budget it records (unless
+    ``allow_over_budget``), is a UserError. The file is written atomically and never over an
+    existing one unless ``force``. Returns the sizes (:class:`ExportInfo`).
+    """
+    from fqopt._io import atomic_path, check_writable
+    from fqopt.quantizers import METHODS
+
+    if quantizer not in METHODS:
+        raise UserError(f"unknown quantizer {quantizer!r}; expected one of {', '.join(METHODS)}")
+    path = check_writable(path, force, what="export")
+    if path.is_dir():
+        raise UserError(f"export {path} is a folder; give a file name such as "
+                        f"{path / 'model.safetensors'}")
+    known = model_name or _architecture(model)   # None for a model that is not from timm
+    plan, source = _resolve_plan(model, plan, known)
+    name = known or plan.model or type(model).__name__
+    if not allow_over_budget:
+        over = budget_excess(plan, model, image_size=image_size)
+        if over is not None:
+            kind, actual, limit = over
+            raise UserError(f"{source} is over its budget: {kind} is {actual:.6g}, the budget "
+                            f"is {limit:.6g} (--allow-over-budget exports it anyway)")
+    lay = _layout(model)
+    tensors = _pack(lay, plan, quantizer)
+    if num_classes is None:
+        num_classes = _num_classes(model)
+    if image_size is None:
+        pe = getattr(model, "patch_embed", None)
+        if pe is not None and getattr(pe, "img_size", None):
+            image_size = int(pe.img_size[0])
+    metadata = {
+        "format": FORMAT,
+        "model": str(name),
+        "num_classes": "" if num_classes is None else str(int(num_classes)),
+        "image_size": "" if image_size is None else str(int(image_size)),
+        "quantizer": quantizer,
+        "fqopt_version": __version__,
+        "layout": lay.fingerprint,
+        "plan": _encode_plan(plan),
+    }
+    data = _serialize(tensors, metadata)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    ef = _parse(path, data)
+    return ef.info(buffer_bytes=lay.buffer_bytes)
+
+
+def _architecture(model: nn.Module) -> str | None:
+    """The timm architecture name of ``model`` (``None`` if it is not a timm model)."""
+    cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
+    arch = cfg.get("architecture") if isinstance(cfg, dict) else None
+    return str(arch) if arch else None
+
+
+def _num_classes(model: nn.Module) -> int | None:
+    n = getattr(model, "num_classes", None)
+    if isinstance(n, int):
+        return n
+    head = model.get_classifier() if hasattr(model, "get_classifier") else None
+    return int(head.out_features) if isinstance(head, nn.Linear) else None
+
+
+def _resolve_plan(model: nn.Module, plan, name: str | None):
+    """(AllocationPlan validated against ``model`` (and its name if known), how messages name
+    it)."""
+    from fqopt.plan import AllocationPlan
+    from fqopt.units import discover_units
+
+    units = discover_units(model, "layer", pin="none")
+    if isinstance(plan, (int, np.integer)) and not isinstance(plan, (bool, np.bool_)):
+        return (AllocationPlan.uniform(units, int(plan), model=name or type(model).__name__,
+                                       respect_pins=False), "plan")
+    if isinstance(plan, (str, os.PathLike)):
+        source = f"plan {plan}"
+        plan = AllocationPlan.load(plan)
+    elif isinstance(plan, AllocationPlan):
+        source = "plan"
+    else:
+        raise UserError(f"plan must be an AllocationPlan, a plan file or an int, "
+                        f"got {type(plan).__name__}")
+    try:
+        plan.validate(units, model=name)
+    except UserError as exc:
+        raise UserError(f"{source}: {exc}") from None
+    return plan, source
+
+
+def _pack(lay: _Layout, plan, quantizer: str) -> dict[str, torch.Tensor]:
+    from fqopt.quantizers import choose_scale, quantize
+
+    layer_bits = plan.layer_bits()
+    packed, scales = [], []
+    with torch.no_grad():
+        for layer in lay.layers:
+            w = lay.modules[layer.name].weight.detach().float()
+            b = np.asarray(layer_bits[layer.name], dtype=np.int64)
+            # the same bits argument as fqopt.apply (int when uniform), so the same scale
+            arg = int(b[0]) if np.all(b == b[0]) else torch.as_tensor(b, device=w.device)
+            scale = choose_scale(w, arg, quantizer)
+            q = quantize(w, scale, arg).reshape(w.shape[0], -1).cpu()
+            codes = (q.numpy().astype(np.int64) + _qmax(b)[:, None]).astype(np.uint8)
+            packed.append(pack_codes(codes, b))
+            scales.append(scale.reshape(-1).float().cpu())
+    tensors = {
+        QWEIGHT: torch.from_numpy(np.concatenate(packed) if packed else np.zeros(0, np.uint8)),
+        SCALE: torch.cat(scales) if scales else torch.zeros(0),
+    }
+    if lay.float_keys:
+        tensors[FLOAT] = torch.cat([lay.state[k].detach().reshape(-1).float().cpu()
+                                    for k in lay.float_keys])
+    if lay.int_keys:
+        tensors[INT] = torch.cat([lay.state[k].detach().reshape(-1).to(torch.int64).cpu()
+                                  for k in lay.int_keys])
+    return tensors
+
+
+def _encode_plan(plan) -> str:
+    text = json.dumps(plan.to_dict(), separators=(",", ":"), default=_json_default)
+    return base64.b64encode(zlib.compress(text.encode(), 9)).decode("ascii")
+
+
+def _json_default(o):
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def _serialize(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
+    """safetensors bytes with ``metadata['checksum']`` over the index, metadata and data."""
+    from safetensors.torch import save
+
+    first = save(tensors, metadata=metadata)
+    header, data_start = _split_header(first)
+    checksum = _checksum(header, first, data_start)
+    final = save(tensors, metadata={**metadata, "checksum": checksum})
+    # the data section does not depend on the metadata, so the checksum holds for ``final``
+    header2, start2 = _split_header(final)
+    assert _checksum(header2, final, start2) == checksum
+    return final
+
+
+def _split_header(data: bytes) -> tuple[dict, int]:
+    """(header JSON, offset of the data section); ValueError when malformed."""
+    if len(data) < 8:
+        raise ValueError(f"{len(data)} bytes, shorter than the 8-byte header length")
+    n = int.from_bytes(data[:8], "little")
+    if n > len(data) - 8:
+        raise ValueError(f"header of {n} bytes but only {len(data) - 8} bytes follow")
+    try:
+        header = json.loads(data[8:8 + n].decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"header is not valid JSON ({exc})") from None
+    if not isinstance(header, dict):
+        raise ValueError("header is not a JSON object")
+    return header, 8 + n
+
+
+def _checksum(header: dict, data: bytes, data_start: int) -> str:
+    index = {k: v for k, v in header.items() if k != "__metadata__"}
+    meta = {k: v for k, v in (header.get("__metadata__") or {}).items() if k != "checksum"}
+    h = hashlib.sha256(json.dumps({"tensors": index, "metadata": meta}, sort_keys=True,
+                                  separators=(",", ":")).encode())
+    h.update(memoryview(data)[data_start:])
+    return "sha256:" + h.hexdigest()
+
+
+# ----------------------------------------------------------------------------- reading
+def read_export(path) -> ExportFile:
+    """Read and check an export file without building a model: format, checksum, plan, tensors.
+
+    A missing, truncated or corrupt file, another format or a checksum mismatch is a UserError
+    (one line, naming the file).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"export {path} does not exist")
+    return _parse(path, path.read_bytes())
+
+
+def _parse(path: Path, data: bytes) -> ExportFile:
+    from fqopt.plan import AllocationPlan
+
+    where = f"export {path}"
+    try:
+        header, start = _split_header(data)
+    except ValueError as exc:
+        raise UserError(f"{where} is truncated or corrupt: {exc}") from None
+    meta = header.get("__metadata__")
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else None
+        raise UserError(f"{where} is not an fqopt export: format is {found!r}, expected "
+                        f"{FORMAT!r}")
+    if meta.get("checksum") != _checksum(header, data, start):
+        raise UserError(f"{where} is corrupt: its content does not match its checksum "
+                        f"({len(data)} bytes; truncated or modified?)")
+    from safetensors.torch import load
+
+    try:
+        tensors = load(data)
+    except Exception as exc:  # safetensors' own validation (offsets, dtypes)
+        raise UserError(f"{where} is truncated or corrupt: "
+                        f"{str(exc).splitlines()[0][:200]}") from None
+    unknown = sorted(set(tensors) - set(_KNOWN_TENSORS))
+    if unknown:
+        raise UserError(f"{where}: unexpected tensor {unknown[0]!r}")
+    try:
+        text = zlib.decompress(base64.b64decode(meta.get("plan", ""), validate=True))
+        plan_dict = json.loads(text.decode("utf-8"))
+    except Exception as exc:
+        raise UserError(f"{where}: the plan in its metadata cannot be read "
+                        f"({type(exc).__name__})") from None
+    plan = AllocationPlan.from_dict(plan_dict, source=where)
+    return ExportFile(path=path, metadata=dict(meta), plan=plan, tensors=tensors,
+                      header_bytes=start, file_bytes=len(data))
+
+
+def load_quantized(path, *, dequantize: bool = True, plan=None, model: nn.Module | None = None,
+                   device=None) -> nn.Module:
+    """Rebuild the model of an export file; returns it in eval mode.
+
+    The architecture comes from ``fqopt.models.create(model, num_classes, image_size=...)`` with
+    the file's metadata, unless ``model`` (an instance to load into) is given.
+    dequantize: ``True`` gives ordinary float32 weights (levels × scales); ``False`` keeps each
+    quantized layer's weight as int8 levels (buffer ``weight_levels``) and float32 scales
+    (``weight_scale``), dequantized at each forward call: ~4× less weight memory, same outputs.
+    plan: an AllocationPlan or plan path the file must have been made from (a cross-check).
+    Every mismatch (corrupt file, another plan, a model it does not fit) is a UserError.
+    """
+    ef = read_export(path)
+    where = f"export {ef.path}"
+    if plan is not None:
+        check_same_plan(ef, plan)
+    if model is None:
+        from fqopt import models
+
+        import timm
+
+        if not timm.is_model(ef.model_name):
+            raise UserError(f"{where} holds model {ef.model_name!r}, which is not a timm "
+                            "architecture; pass the model to load into as model=")
+        if ef.num_classes is None:
+            raise UserError(f"{where} does not record num_classes; pass model=")
+        model = models.create(ef.model_name, ef.num_classes, image_size=ef.image_size)
+    _load_into(ef, model, dequantize=dequantize)
+    if device is not None:
+        model.to(device)
+    return model.eval()
+
+
+def check_same_plan(ef: ExportFile, plan) -> None:
+    """UserError unless ``plan`` (AllocationPlan or path) gives every unit of the export file
+    ``ef`` the same bits and every layer the same shape (granularity may differ)."""
+    from fqopt.plan import AllocationPlan
+
+    source = f"plan {plan}" if isinstance(plan, (str, os.PathLike)) else "the given plan"
+    if isinstance(plan, (str, os.PathLike)):
+        plan = AllocationPlan.load(plan)
+    where = f"export {ef.path} was made from another plan than {source}"
+    mine, theirs = ef.plan.layer_bits(), plan.layer_bits()
+    for name in mine:
+        if name not in theirs:
+            raise UserError(f"{where}: layer {name!r} is not in {source}")
+        if list(ef.plan.shapes[name]) != list(plan.shapes.get(name, [])):
+            raise UserError(f"{where}: layer {name!r} has shape {ef.plan.shapes[name]} in the "
+                            f"file but {plan.shapes.get(name)} in {source}")
+        a, b = mine[name], theirs[name]
+        if not np.array_equal(a, b):
+            if len(set(a.tolist())) == 1 and len(set(b.tolist())) == 1:
+                raise UserError(f"{where}: layer {name!r} has {int(a[0])} bits in the file but "
+                                f"{int(b[0])} in {source}")
+            c = int(np.argmax(a != b))
+            raise UserError(f"{where}: unit {name}[{c}] has {int(a[c])} bits in the file but "
+                            f"{int(b[c])} in {source}")
+    extra = [n for n in theirs if n not in mine]
+    if extra:
+        raise UserError(f"{where}: layer {extra[0]!r} of {source} is not in the file")
+
+
+def _load_into(ef: ExportFile, model: nn.Module, *, dequantize: bool) -> None:
+    where = f"export {ef.path}"
+    try:
+        lay = _layout(model)
+    except UserError as exc:
+        raise UserError(f"{where}: {exc}") from None
+    arch = _architecture(model) or type(model).__name__
+    from fqopt.units import discover_units
+
+    try:
+        ef.plan.validate(discover_units(model, "layer", pin="none"))
+    except UserError as exc:
+        raise UserError(f"{where} does not fit model {arch!r}: {exc}") from None
+    if ef.metadata.get("layout") != lay.fingerprint:
+        raise UserError(f"{where} does not fit model {arch!r}: its state-dict layout differs "
+                        f"(fingerprint {ef.metadata.get('layout')!r}, model "
+                        f"{lay.fingerprint!r}; another architecture or timm version?)")
+    t = ef.tensors
+    layer_bits = ef.plan.layer_bits()
+    sizes = {
+        QWEIGHT: sum(_packed_nbytes(layer_bits[la.name], la.per_channel) for la in lay.layers),
+        SCALE: sum(la.out_channels for la in lay.layers),
+        FLOAT: sum(lay.state[k].numel() for k in lay.float_keys),
+        INT: sum(lay.state[k].numel() for k in lay.int_keys),
+    }
+    dtypes = {QWEIGHT: torch.uint8, SCALE: torch.float32, FLOAT: torch.float32,
+              INT: torch.int64}
+    for key, n in sizes.items():
+        got = t.get(key)
+        if (got is None and n) or (got is not None and (got.dim() != 1 or got.numel() != n
+                                                        or got.dtype != dtypes[key])):
+            desc = "missing" if got is None else f"{got.dtype} {tuple(got.shape)}"
+            raise UserError(f"{where} does not fit model {arch!r}: tensor {key!r} is {desc}, "
+                            f"expected {dtypes[key]} ({n},)")
+    qweight = t[QWEIGHT].numpy() if sizes[QWEIGHT] else np.zeros(0, np.uint8)
+    scales = t[SCALE] if sizes[SCALE] else torch.zeros(0)
+    qo = so = 0
+    with torch.no_grad():
+        for la in lay.layers:
+            b = np.asarray(layer_bits[la.name], dtype=np.int64)
+            nbytes = _packed_nbytes(b, la.per_channel)
+            codes = unpack_codes(qweight[qo:qo + nbytes], b, la.per_channel)
+            qo += nbytes
+            levels = torch.from_numpy(codes.astype(np.int16) - _qmax(b)[:, None].astype(np.int16))
+            scale = scales[so:so + la.out_channels].reshape(
+                (la.out_channels,) + (1,) * (len(la.shape) - 1))
+            so += la.out_channels
+            module = lay.modules[la.name]
+            levels = levels.reshape(la.shape)
+            if dequantize:
+                # float levels × scale: the very product fake_quantize computes
+                module.weight.copy_(levels.to(torch.float32) * scale)
+            else:
+                _keep_int8(module, levels.to(torch.int8), scale.clone())
+        for blob, keys in ((FLOAT, lay.float_keys), (INT, lay.int_keys)):
+            off = 0
+            for k in keys:
+                dst = lay.state[k]
+                n = dst.numel()
+                dst.copy_(t[blob][off:off + n].reshape(dst.shape).to(dst.dtype))
+                off += n
+
+
+def _keep_int8(module: nn.Module, levels: torch.Tensor, scale: torch.Tensor) -> None:
+    """Replace ``module.weight`` by int8 levels + scales, dequantized around each forward."""
+    device = module.weight.device
+    del module.weight  # drop the float32 Parameter: only the int8 levels stay in memory
+    module.register_buffer("weight_levels", levels.to(device))
+    module.register_buffer("weight_scale", scale.to(device))
+    module.register_forward_pre_hook(_dequantize_weight)
+    module.register_forward_hook(_release_weight)
+
+
+def _dequantize_weight(module, args):
+    module.weight = module.weight_levels.to(module.weight_scale.dtype) * module.weight_scale
+
+
+def _release_weight(module, args, output):
+    module.__dict__.pop("weight", None)
+
+
+# ----------------------------------------------------------------------------- verification
+def verify(path, model: nn.Module, *, plan=None, quantizer: str | None = None,
+           image_size: int | None = None, batch: int = 2, seed: int = 0,
+           atol: float = DEFAULT_ATOL) -> float:
+    """Largest |difference| between the outputs of ``load_quantized(path)`` and of ``model``
+    fake-quantized with the file's plan and quantizer, on a seeded random batch
+    ``[batch, 3, H, W]``. A difference above ``atol`` is a UserError (the file was made from
+    other weights or another plan)."""
+    from fqopt.apply import quantized
+
+    ef = read_export(path)
+    if plan is not None:
+        check_same_plan(ef, plan)
+    import copy
+
+    loaded = load_quantized(path, model=copy.deepcopy(model).float().cpu())
+    h, w = _input_hw(model, image_size or ef.image_size)
+    p = next(model.parameters())
+    x = torch.randn(batch, 3, h, w, generator=torch.Generator().manual_seed(seed))
+    model_mode = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), quantized(model, ef.plan, method=quantizer or ef.quantizer):
+            want = model(x.to(device=p.device, dtype=p.dtype)).float().cpu()
+        with torch.no_grad():
+            got = loaded(x).float().cpu()
+    finally:
+        model.train(model_mode)
+    diff = float((got - want).abs().max()) if got.numel() else 0.0
+    if not diff <= atol:
+        raise UserError(f"export {ef.path} does not reproduce the fake-quantized model: outputs "
+                        f"differ by up to {diff:.3g} (> {atol:g}); was it made from other "
+                        "weights?")
+    return diff
