@@ -1,0 +1,223 @@
+"""From a trial's choices to an AllocationPlan: the plan builders.
+
+A builder turns ``(params, options)`` into a plan using the profiled tables; each trial names
+its builder (sampled trials use ``solver``, seed trials name theirs in their user attributes).
+Builders live in a registry, so a new baseline is one function and one ``@register_builder``.
+
+- ``solver``: ``fqopt.solvers`` on the table of ``params['method']`` at budget
+  ``params['budget']`` with objective ``blend:λ`` (``options`` may override the objective, e.g.
+  ``mean`` for the HAWQ-style group-blind baseline);
+- ``uniform``: every free unit at ``options['bits']`` (pinned layers keep their pins, as in every
+  plan of the search, so that average bits compare);
+- ``quantile``: FairQuant's static allocation (rank units by FairQuant's combined importance
+  score ``options['combine']``, bits 2/4/8 at shares 0.2/0.4/0.4; at FairQuant's own shares, or
+  tilted to meet ``options['budget']`` average bits);
+- ``direct``: per-layer bits straight from the parameters (``--direct``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections import OrderedDict
+from collections.abc import Callable
+
+import numpy as np
+
+from fqopt.errors import UserError
+
+FAIRQUANT_BITS = (2, 4, 8)
+FAIRQUANT_SHARES = (0.2, 0.4, 0.4)
+
+Builder = Callable[["PlanMaker", dict, dict], object]
+BUILDERS: dict[str, Builder] = {}
+
+
+def register_builder(name: str):
+    def deco(fn: Builder) -> Builder:
+        BUILDERS[name] = fn
+        return fn
+    return deco
+
+
+def plan_key(plan, quantizer: str) -> str:
+    """A hash of what evaluation depends on: every layer's bits and the quantizer."""
+    h = hashlib.sha256(quantizer.encode())
+    for name in sorted(plan.assignments):
+        b = plan.assignments[name]
+        h.update(name.encode())
+        h.update(np.asarray(b, dtype=np.int8).tobytes())
+    return h.hexdigest()[:24]
+
+
+class PlanMaker:
+    """Builds plans from profiled tables (``method -> SensitivityTable``, one granularity).
+
+    Problems are cached per ``(method, objective)`` and re-budgeted with
+    ``AllocationProblem.with_budget``, so a trial costs one solve (milliseconds).
+    """
+
+    def __init__(self, tables: dict, *, model_name: str, backend: str | None = None,
+                 time_limit: float | None = None, cache_size: int = 64):
+        from fqopt.sensitivity import table_unit_set
+
+        if not tables:
+            raise UserError("the search needs at least one sensitivity table")
+        self.tables = dict(tables)
+        first = next(iter(self.tables.values()))
+        for method, t in self.tables.items():
+            if t.units != first.units or not np.array_equal(t.bits, first.bits):
+                raise UserError(f"sensitivity tables disagree: {method!r} ({t.source}) has other "
+                                f"units or bits than {first.source}; profile them from one model")
+            if t.groups != first.groups:
+                raise UserError(f"sensitivity tables disagree on groups: {t.groups} vs "
+                                f"{first.groups}")
+        self.units = table_unit_set(first)
+        self.granularity = self.units.granularity
+        self.bits = [int(b) for b in first.bits]
+        self.model_name = model_name
+        # channel scale: fqopt's Lagrangian solver (certified, sub-second); layer scale: auto
+        # (exact CP-SAT on a few dozen units)
+        self.backend = backend or ("lagrange" if self.granularity == "channel" else "auto")
+        self.time_limit = time_limit
+        self._problems: OrderedDict = OrderedDict()
+        self._cache_size = cache_size
+
+    def table(self, method: str):
+        if method not in self.tables:
+            raise UserError(f"no sensitivity table for method {method!r}; profiled: "
+                            f"{', '.join(self.tables)}")
+        return self.tables[method]
+
+    def problem(self, method: str, objective: str, budget: float, *, scores: str | None = None):
+        """The allocation problem for ``method``'s table (cached per objective)."""
+        from fqopt.solvers import AllocationProblem
+
+        key = (method, objective, scores)
+        base = self._problems.get(key)
+        if base is None:
+            table = self.table(method)
+            if scores is not None:
+                table = _with_scores(table, scores)
+            base = AllocationProblem.from_table(table, budget=float(budget), objective=objective)
+            self._problems[key] = base
+            while len(self._problems) > self._cache_size:
+                self._problems.popitem(last=False)
+        else:
+            self._problems.move_to_end(key)
+        return base.with_budget(float(budget))
+
+    def min_budget(self) -> float:
+        method = next(iter(self.tables))
+        return self.problem(method, "worst", 8.0).min_budget()
+
+    def solve(self, method: str, budget: float, objective: str, *, backend: str | None = None,
+              scores: str | None = None, **options):
+        """``(plan, result)``; a budget below what the pins allow is raised to that minimum."""
+        from fqopt.solvers import solve
+
+        problem = self.problem(method, objective, budget, scores=scores)
+        if not problem.is_budget_feasible:
+            problem = problem.with_budget(problem.min_budget())
+        res = solve(problem, backend or self.backend, time_limit=self.time_limit, **options)
+        if not res.ok:
+            raise UserError(f"solver {res.backend} found no plan for {method} at "
+                            f"{budget:g} average bits ({res.status}: {res.message})")
+        plan = res.to_plan(self.units, model=self.model_name)
+        plan.meta.update(method=method)
+        return plan, res
+
+    def uniform(self, bits: int):
+        from fqopt.plan import AllocationPlan
+
+        if bits not in self.bits:
+            raise UserError(f"uniform {bits} bits is not a candidate bit-width {self.bits}")
+        return AllocationPlan.uniform(self.units, int(bits), model=self.model_name)
+
+    def from_layer_bits(self, layer_bits: dict[str, int], *, objective: str = "direct"):
+        """A plan with one bit-width per layer (pinned layers keep their pins)."""
+        from fqopt.plan import AllocationPlan
+
+        unit_bits = np.zeros(len(self.units), dtype=np.int64)
+        slices = self.units.unit_slices()
+        for layer in self.units.layers:
+            b = self.units.pinned.get(layer.name, layer_bits.get(layer.name))
+            if b is None:
+                raise UserError(f"direct plan: no bit-width for layer {layer.name!r}")
+            unit_bits[slices[layer.name]] = int(b)
+        return AllocationPlan.from_unit_bits(self.units, unit_bits, model=self.model_name,
+                                             bits=self.bits, objective=objective)
+
+
+def _with_scores(table, rule: str):
+    """The table with FairQuant's combined unit scores ``scores_<rule>`` as ``meta['scores']``
+    (what the ``quantile`` back-end ranks by)."""
+    key = f"scores_{rule}"
+    if key not in table.extras:
+        raise UserError(f"sensitivity table {table.source} has no {key!r} array: FairQuant's "
+                        "scores come from the gradient and grape methods")
+    meta = dict(table.meta)
+    meta["scores"] = np.asarray(table.extras[key], dtype=np.float64).tolist()
+    return dataclasses.replace(table, meta=meta)
+
+
+# ------------------------------------------------------------------------- builders
+def blend_objective(lam: float) -> str:
+    lam = float(lam)
+    if lam >= 1.0:
+        return "worst"
+    if lam <= 0.0:
+        return "balanced"
+    return f"blend:{lam:g}"
+
+
+@register_builder("solver")
+def _build_solver(maker: PlanMaker, params: dict, options: dict):
+    objective = options.get("objective") or blend_objective(params["lambda"])
+    budget = options.get("budget", params["budget"])
+    plan, res = maker.solve(params["method"], budget, objective)
+    return plan
+
+
+@register_builder("uniform")
+def _build_uniform(maker: PlanMaker, params: dict, options: dict):
+    return maker.uniform(int(options["bits"]))
+
+
+@register_builder("quantile")
+def _build_quantile(maker: PlanMaker, params: dict, options: dict):
+    combine = options.get("combine", "max")
+    budget = options.get("budget")
+    objective = "worst" if combine == "max" else "balanced"
+    if budget is None:  # FairQuant's own shares: whatever average bits they give
+        plan, res = maker.solve(params["method"], 8.0, objective, backend="quantile",
+                                scores=combine, bits=FAIRQUANT_BITS, shares=FAIRQUANT_SHARES,
+                                match_budget=False)
+    else:
+        plan, res = maker.solve(params["method"], float(budget), objective, backend="quantile",
+                                scores=combine, bits=FAIRQUANT_BITS, shares=FAIRQUANT_SHARES,
+                                match_budget=True)
+    plan.objective = f"fairquant:{params['method']}+{combine}"
+    return plan
+
+
+@register_builder("direct")
+def _build_direct(maker: PlanMaker, params: dict, options: dict):
+    layer_bits = {k[len("bits:"):]: int(v) for k, v in params.items() if k.startswith("bits:")}
+    if "layer_bits" in options:  # a seed given as explicit per-layer bits
+        layer_bits = {k: int(v) for k, v in options["layer_bits"].items()}
+    return maker.from_layer_bits(layer_bits)
+
+
+def build_plan(maker: PlanMaker, builder: str, params: dict, options: dict | None = None):
+    if builder not in BUILDERS:
+        raise UserError(f"unknown plan builder {builder!r}; expected one of "
+                        f"{', '.join(BUILDERS)}")
+    return BUILDERS[builder](maker, params, dict(options or {}))
+
+
+def plan_digest(plan) -> str:
+    """A short hash of a plan's assignments (for file names and logs)."""
+    text = json.dumps(plan.assignments, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]

@@ -1,0 +1,343 @@
+"""``fqopt report``: PNG figures and one self-contained ``report.html`` for a run's search.
+
+Inputs: the study (for all trials, the history and the importances) and the results of the
+test-split re-evaluation (``reports/search_test.json``; without it the report shows the search
+split only). The HTML embeds the PNGs (base64) and needs no network or other file.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import html
+import io
+from pathlib import Path
+
+from fqopt.errors import UserError
+
+REPORT_FILE = "report.html"
+FIGURES = ("pareto_test", "pareto_search", "group_accuracy", "layer_bits", "channel_bits",
+           "history", "importance")
+
+
+def results_from_study(run, study) -> dict:
+    """A results dict with search-split figures only (when the test split was not evaluated)."""
+    from fqopt.search._pipeline import _trial_record
+    from fqopt.search._study import complete_trials, pareto_trials
+
+    pareto = []
+    for i, t in enumerate(pareto_trials(study)):
+        rec = _trial_record(t, i)
+        rec["plan_file"] = None
+        pareto.append(rec)
+    numbers = {r["trial"] for r in pareto}
+    baselines = [dict(_trial_record(t), pareto=t.number in numbers)
+                 for t in complete_trials(study) if t.user_attrs.get("fqopt:seed")]
+    ds = run.dataset()
+    return {"schema": "fqopt.search-results/1", "study": {"name": study.study_name},
+            "run": {"path": str(run.path), "model": run.model_name,
+                    "dataset": run.config["dataset"], "groups": list(ds.group_names)},
+            "fp32": {}, "pareto": pareto, "baselines": baselines, "refined": [],
+            "notes": ["the test split has not been evaluated: run `fqopt search` to completion "
+                      "for test figures"]}
+
+
+def load_results(run) -> dict | None:
+    from fqopt._io import read_json
+    from fqopt.search._pipeline import RESULTS_FILE
+
+    path = run.reports_dir / RESULTS_FILE
+    if not path.is_file():
+        return None
+    res = read_json(path, what="search results")
+    model = (res.get("run") or {}).get("model")
+    if model is not None and model != run.model_name:
+        raise UserError(f"search results {path} are for model {model!r}, but run {run.path} "
+                        f"holds {run.model_name!r}; run `fqopt search --run {run.path} --force`")
+    return res
+
+
+def _load_plans(run, records: list[dict], study=None):
+    from fqopt.plan import AllocationPlan
+
+    out = []
+    trials = {}
+    if study is not None:
+        trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    for r in records:
+        if r.get("plan_file") and (run.path / r["plan_file"]).is_file():
+            plan = AllocationPlan.load(run.path / r["plan_file"])
+        elif r.get("trial") in trials and "plan" in trials[r["trial"]].user_attrs:
+            plan = AllocationPlan.from_dict(trials[r["trial"]].user_attrs["plan"])
+        else:
+            continue
+        out.append((f"pareto-{r['index']:02d}: {r.get('label', '')} ({r['avg_bits']:.2f} b)",
+                    plan))
+    return out
+
+
+def build_figures(run, study, results: dict) -> dict[str, object]:
+    """Figure name -> matplotlib Figure (names from :data:`FIGURES`; some may be missing)."""
+    from fqopt.search import _visualization as vis
+
+    figs = {}
+    has_test = any(r.get("test") for r in results.get("pareto", []))
+    if has_test:
+        figs["pareto_test"] = vis.plot_pareto_front(
+            vis.pareto_front_info(results, split="test"))
+    figs["pareto_search"] = vis.plot_pareto_front(
+        vis.pareto_front_info(results, split="search", study=study))
+    chosen = vis.chosen_plans(results)
+    figs["group_accuracy"] = vis.plot_group_accuracy(
+        vis.group_accuracy_info(results, split="test" if has_test else "search", chosen=chosen))
+    plans = _load_plans(run, chosen, study)
+    if plans:
+        # the heat map shows a mixed-precision plan: the one chosen at ≤ 4.5 bits, else the
+        # nearest cap (a uniform plan would be one flat colour)
+        order = sorted(range(len(chosen)), key=lambda i: abs(chosen[i]["cap"] - 4.5))
+        mixed = [i for i in order if chosen[i].get("kind") != "uniform"]
+        idx = (mixed or order or [0])[0]
+        info = vis.layer_bits_info(plans, heatmap_index=min(idx, len(plans) - 1))
+        figs["layer_bits"] = vis.plot_layer_bits(info)
+        if plans[0][1].granularity == "channel":
+            figs["channel_bits"] = vis.plot_channel_heatmap(info)
+    if study is not None:
+        figs["history"] = vis.plot_history(vis.history_info(study, target=1))
+        figs["importance"] = vis.plot_importance(vis.importance_info(study))
+    return figs
+
+
+def write_report(run, study, results: dict | None = None, *, force: bool = False,
+                 callback=None, out_dir=None) -> Path:
+    """Write the PNGs and ``report.html`` into ``out_dir`` (default ``RUN/reports``).
+
+    Refuses to replace an existing ``report.html`` unless ``force``. Returns the HTML path.
+    """
+    from fqopt._io import check_writable, write_bytes, write_text
+
+    out_dir = Path(out_dir or run.reports_dir)
+    html_path = out_dir / REPORT_FILE
+    check_writable(html_path, force, what="report")
+    if results is None:
+        results = load_results(run) or results_from_study(run, study)
+    figs = build_figures(run, study, results)
+    import matplotlib.pyplot as plt
+
+    pngs: dict[str, bytes] = {}
+    total = len(figs) + 1
+    for i, (name, fig) in enumerate(figs.items()):
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=110)
+        plt.close(fig)
+        pngs[name] = buf.getvalue()
+        write_bytes(out_dir / f"{name}.png", pngs[name])
+        if callback is not None:
+            callback("report", i + 1, total, figure=name)
+    write_text(html_path, render_html(results, pngs, study))
+    if callback is not None:
+        callback("report", total, total)
+    return html_path
+
+
+# --------------------------------------------------------------------------- HTML
+_CSS = """
+body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;max-width:1200px;
+color:#222;line-height:1.45;padding:0 1em}
+h1{font-size:1.6em;margin-bottom:.2em}h2{margin-top:1.8em;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;margin:.6em 0;font-size:.88em}
+th,td{border:1px solid #ddd;padding:.25em .55em;text-align:right}
+th{background:#f5f5f5}td.l,th.l{text-align:left}
+.note{background:#f6f8fa;border-left:4px solid #1f77b4;padding:.6em 1em;margin:1em 0}
+.ok{color:#2ca02c;font-weight:600}.bad{color:#d62728;font-weight:600}
+img{max-width:100%;border:1px solid #eee;margin:.5em 0}
+small{color:#666}
+"""
+
+
+def _fmt(v, digits=4):
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}"
+    return html.escape(str(v))
+
+
+def _table(columns: list[str], rows: list[list], left: int = 1) -> str:
+    head = "".join(f"<th class='l'>{html.escape(c)}</th>" if i < left else
+                   f"<th>{html.escape(c)}</th>" for i, c in enumerate(columns))
+    body = []
+    for r in rows:
+        cells = "".join(f"<td class='l'>{_fmt(v)}</td>" if i < left else f"<td>{_fmt(v)}</td>"
+                        for i, v in enumerate(r))
+        body.append(f"<tr>{cells}</tr>")
+    return f"<table><tr>{head}</tr>{''.join(body)}</table>"
+
+
+def _img(pngs: dict, name: str, alt: str) -> str:
+    if name not in pngs:
+        return ""
+    data = base64.b64encode(pngs[name]).decode()
+    return f"<img alt='{html.escape(alt)}' src='data:image/png;base64,{data}'>"
+
+
+def _rep(rec, split, key):
+    rep = rec.get(split) or {}
+    return rep.get(key)
+
+
+def render_html(results: dict, pngs: dict[str, bytes], study=None) -> str:
+    run = results.get("run", {})
+    st = results.get("study", {})
+    ds = run.get("dataset") or {}
+    has_test = any(r.get("test") for r in results.get("pareto", []))
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>fqopt report: "
+             f"{html.escape(str(run.get('model')))}</title><style>{_CSS}</style></head><body>"]
+    parts.append(f"<h1>fqopt search report</h1><small>{html.escape(str(run.get('path', '')))}"
+                 f" · written {datetime.datetime.now():%Y-%m-%d %H:%M}</small>")
+    fp = results.get("fp32") or {}
+    info_rows = [
+        ["model", run.get("model")], ["dataset", ds.get("name") if isinstance(ds, dict) else ds],
+        ["dataset options", ", ".join(f"{k}={v}" for k, v in (ds.get("options") or {}).items())
+         if isinstance(ds, dict) else ""],
+        ["image size", run.get("image_size")], ["classes", run.get("num_classes")],
+        ["groups", ", ".join(run.get("groups") or [])],
+        ["split sizes", ", ".join(f"{k} {v}" for k, v in (run.get("splits") or {}).items())],
+        ["study", f"{st.get('name')} ({st.get('storage', '')})"],
+        ["trials", ", ".join(f"{k} {v}" for k, v in (st.get("states") or {}).items() if v)],
+        ["sampler", f"{st.get('sampler')} (seed {st.get('seed')})"],
+        ["granularity", f"{st.get('granularity')}" + (" (direct)" if st.get("direct") else "")],
+        ["sensitivity methods", ", ".join(st.get("methods") or [])],
+        ["budget range",
+         "–".join(str(b) for b in st.get("budget_range") or []) + " average bits"],
+    ]
+    parts.append(_table(["", ""], [r for r in info_rows if r[1] not in (None, "")]))
+    parts.append("<div class='note'>The <b>search</b> split chose the plans (every trial was "
+                 "evaluated on it); the <b>test</b> split, which the search never saw, reports "
+                 "them. Accuracies are fractions; <code>avg_acc</code> is the mean of group "
+                 "accuracies, <code>worst_acc</code> the lowest group accuracy; bits are averaged "
+                 "over quantized weights (pinned stem and head at 8 bits included).</div>")
+    check = results.get("check")
+    if check and check.get("best_plan") and check.get("uniform_test_worst_acc") is not None:
+        b = check["best_plan"]
+        cls = "ok" if check["passed"] else "bad"
+        parts.append(
+            f"<p class='{cls}'>Best Pareto plan at ≤ {check['bits']} average bits "
+            f"(pareto-{b['index']:02d}, {b['avg_bits']:.2f} b): test worst_acc "
+            f"{b['test_worst_acc']:.4f} vs uniform {check['uniform_bits']}-bit "
+            f"{check['uniform_test_worst_acc']:.4f} ({check['uniform_avg_bits']:.2f} b).</p>")
+    if fp:
+        rows = [[s, (fp.get(s) or {}).get("accuracy"), (fp.get(s) or {}).get("avg_acc"),
+                 (fp.get(s) or {}).get("worst_acc"), (fp.get(s) or {}).get("worst_group")]
+                for s in ("search", "test") if fp.get(s)]
+        parts.append("<h2>FP32 baseline</h2>" + _table(
+            ["split", "accuracy", "avg_acc", "worst_acc", "worst group"], rows))
+
+    parts.append("<h2>Pareto front</h2>")
+    parts.append(_img(pngs, "pareto_test", "Pareto front, test split"))
+    parts.append(_img(pngs, "pareto_search", "Pareto front, search split"))
+    rows = []
+    for r in results.get("pareto", []):
+        rows.append([f"pareto-{r['index']:02d}", r["trial"], r["label"], r["avg_bits"],
+                     r.get("size_bytes"), _rep(r, "search", "avg_acc"),
+                     _rep(r, "search", "worst_acc"), _rep(r, "test", "avg_acc"),
+                     _rep(r, "test", "worst_acc"), _rep(r, "test", "worst_group"),
+                     r.get("plan_file")])
+    parts.append(_table(["plan", "trial", "configuration", "avg bits", "size (B)",
+                         "search avg_acc", "search worst_acc", "test avg_acc", "test worst_acc",
+                         "test worst group", "file"], rows, left=3))
+
+    parts.append("<h2>Baselines</h2>")
+    rows = [[b["label"], b["trial"], b["avg_bits"], _rep(b, "search", "avg_acc"),
+             _rep(b, "search", "worst_acc"), _rep(b, "test", "avg_acc"),
+             _rep(b, "test", "worst_acc"), "yes" if b.get("pareto") else ""]
+            for b in sorted(results.get("baselines", []), key=lambda b: (b["kind"],
+                                                                         b["avg_bits"]))]
+    parts.append(_table(["baseline", "trial", "avg bits", "search avg_acc", "search worst_acc",
+                         "test avg_acc", "test worst_acc", "on the front"], rows))
+    if results.get("refined"):
+        rows = [[r["label"], r["avg_bits"], _rep(r, "test", "avg_acc"),
+                 _rep(r, "test", "worst_acc"), r.get("plan_file")]
+                for r in results["refined"]]
+        parts.append("<h2>BAQ-refined plans</h2>" + _table(
+            ["plan", "avg bits", "test avg_acc", "test worst_acc", "file"], rows))
+
+    from fqopt.search._visualization import chosen_plans, group_accuracy_info
+
+    parts.append("<h2>Per-group accuracy</h2>")
+    parts.append("<p>Chosen plans: for each cap on average bits (3, 3.5, 4, 4.5, 5.5), the Pareto "
+                 "plan with the best <i>search</i> worst_acc within it.</p>")
+    parts.append(_img(pngs, "group_accuracy", "per-group accuracy"))
+    ginfo = group_accuracy_info(results, split="test" if has_test else "search",
+                                chosen=chosen_plans(results))
+    rows = [[label, *accs] for label, accs in ginfo.series]
+    parts.append(_table(["plan", *[f"{g} (n={ginfo.n.get(g, '?')})" for g in ginfo.groups]],
+                        rows))
+    parts.append("<h2>Bits per layer and per channel</h2>")
+    parts.append(_img(pngs, "layer_bits", "bits per layer"))
+    parts.append(_img(pngs, "channel_bits", "bits per channel"))
+    parts.append("<h2>Optuna</h2>")
+    parts.append(_img(pngs, "history", "optimisation history"))
+    parts.append(_img(pngs, "importance", "parameter importances"))
+    stages = results.get("stages") or {}
+    if stages:
+        parts.append("<h2>Run time</h2>" + _table(
+            ["stage", "seconds"], [[k, float(v)] for k, v in stages.items()]))
+    notes = results.get("notes") or []
+    if notes:
+        parts.append("<h2>Notes</h2><ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes)
+                     + "</ul>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def ensure_results(run, study) -> dict:
+    res = load_results(run)
+    if res is None and study is None:
+        raise UserError(f"run {run.path} has neither a study nor search results")
+    return res or results_from_study(run, study)
+
+
+def open_search(run, *, storage: str | None = None, study_name: str | None = None):
+    """``(study or None, results or None)`` of a run's search, for ``show`` and ``report``.
+
+    The study comes from ``storage`` (default: the run's ``study.db``); without an explicit
+    storage and with no ``study.db``, only the results file is used (a study on a shared server
+    needs ``--storage`` and ``--study``). Neither present is a UserError.
+    """
+    from fqopt.search._study import load_study
+
+    results = load_results(run)
+    study = None
+    if storage is not None or study_name is not None or run.study_path.is_file():
+        study = load_study(run, storage=storage, study_name=study_name)
+    if study is None and results is None:
+        raise UserError(f"run {run.path} has no search yet (no {run.study_path.name} and no "
+                        f"reports/search_test.json); run `fqopt search --run {run.path}` first, "
+                        "or name a shared study with --storage and --study")
+    return study, results
+
+
+def pareto_rows(run, study=None, results: dict | None = None) -> list[dict]:
+    """The Pareto plans, one dict each: the study's current front when the study is at hand,
+    with the test figures of the last re-evaluation attached by trial number."""
+    by_trial = {r["trial"]: r for r in (results or {}).get("pareto", [])}
+    if study is not None:
+        records = results_from_study(run, study)["pareto"]
+    else:
+        records = list((results or {}).get("pareto", []))
+    rows = []
+    for r in records:
+        old = by_trial.get(r["trial"], {})
+        params = r.get("params") or {}
+        rows.append({
+            "index": r.get("index"), "trial": r["trial"], "label": r.get("label"),
+            "kind": r.get("kind"), "avg_bits": r["avg_bits"], "size_bytes": r.get("size_bytes"),
+            "search_avg_acc": _rep(r, "search", "avg_acc"),
+            "search_worst_acc": _rep(r, "search", "worst_acc"),
+            "test_avg_acc": _rep(old, "test", "avg_acc"),
+            "test_worst_acc": _rep(old, "test", "worst_acc"),
+            # a baseline's parameters only place it in the space; show what it really used
+            "method": None if r.get("kind") == "uniform" else params.get("method"),
+            "lambda": params.get("lambda") if r.get("kind") in ("sampled", "ladder") else None,
+            "quantizer": params.get("quantizer"), "plan_file": old.get("plan_file")})
+    return rows

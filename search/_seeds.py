@@ -1,0 +1,107 @@
+"""Seed trials: plans enqueued before the sampler starts (DESIGN.md §4.6, §6).
+
+- ``ladder``: fqopt's solver with the ``worst`` objective on the first method's table at a
+  ladder of budgets;
+- ``uniform``: every free layer at 2/3/4/6/8 bits;
+- ``fairquant``: FairQuant's static allocation (``quantile`` back-end) with ``gradient`` + max
+  and ``grape`` + balanced, at FairQuant's shares 0.2/0.4/0.4 and at matched average bits;
+- ``hawq``: the group-blind ``mean`` objective (HAWQ-style), same solver.
+
+A seed trial's *parameters* describe the nearest point of the search space (budget, λ, method,
+quantizer), so that samplers, which learn only from shared parameters, can breed from it; what
+the trial really builds is in its user attributes (``fqopt:builder`` and ``fqopt:options``).
+Each seed has a unique ``key``; a study never runs the same key twice (see ``_study``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+DEFAULT_LADDER = (2.5, 3.0, 3.5, 4.0, 4.5, 5.0, 6.0)
+DEFAULT_UNIFORM = (2, 3, 4, 6, 8)
+#: FairQuant baselines: (method, combine rule); budgets None = FairQuant's own shares
+DEFAULT_FAIRQUANT = (("gradient", "max"), ("grape", "balanced"))
+DEFAULT_FAIRQUANT_BUDGETS = (None, 4.0)
+DEFAULT_HAWQ_BUDGETS = (3.0, 4.0)
+
+ATTR_SEED = "fqopt:seed"
+ATTR_KIND = "fqopt:kind"
+ATTR_LABEL = "fqopt:label"
+ATTR_BUILDER = "fqopt:builder"
+ATTR_OPTIONS = "fqopt:options"
+
+
+@dataclass(frozen=True)
+class SeedTrial:
+    """One enqueued plan. ``key`` is unique within a study."""
+
+    key: str
+    label: str
+    kind: str
+    builder: str
+    params: dict
+    options: dict = field(default_factory=dict)
+
+    def user_attrs(self) -> dict:
+        return {ATTR_SEED: self.key, ATTR_KIND: self.kind, ATTR_LABEL: self.label,
+                ATTR_BUILDER: self.builder, ATTR_OPTIONS: dict(self.options)}
+
+
+def default_seeds(space, maker, *, ladder=DEFAULT_LADDER, uniform=DEFAULT_UNIFORM,
+                  fairquant=DEFAULT_FAIRQUANT, fairquant_budgets=DEFAULT_FAIRQUANT_BUDGETS,
+                  hawq_budgets=DEFAULT_HAWQ_BUDGETS, quantizer: str = "maxabs"
+                  ) -> list[SeedTrial]:
+    """The seed trials of a solver-driven study (``space``: a SearchSpace; ``maker``: the
+    PlanMaker, for the smallest feasible budget). Order: the order they run in."""
+    lo, hi = space.budget_range
+    floor = maker.min_budget()
+    main = space.methods[0]
+    seeds: list[SeedTrial] = []
+    for b in uniform:
+        if b in maker.bits:
+            seeds.append(SeedTrial(f"uniform:{b}", f"uniform {b}-bit", "uniform", "uniform",
+                                   space.snap(b, 1.0, main, quantizer), {"bits": int(b)}))
+    for b in ladder:
+        if lo - 1e-9 <= b <= hi + 1e-9 and b >= floor - 1e-9:
+            seeds.append(SeedTrial(f"worst@{b:g}", f"fqopt worst {b:g} bits", "ladder",
+                                   "solver", space.snap(b, 1.0, main, quantizer),
+                                   {"objective": "worst"}))
+    for method, combine in fairquant:
+        if method not in space.methods:
+            continue  # not profiled: this baseline cannot run (its table is missing)
+        lam = 1.0 if combine == "max" else 0.0
+        for b in fairquant_budgets:
+            name = f"FairQuant {method}+{combine}"
+            if b is None:
+                # FairQuant's shares give 0.2·2 + 0.4·4 + 0.4·8 = 5.2 bits per unit
+                seeds.append(SeedTrial(f"fairquant:{method}+{combine}", f"{name} (0.2/0.4/0.4)",
+                                       "fairquant", "quantile",
+                                       space.snap(5.2, lam, method, quantizer),
+                                       {"combine": combine}))
+            elif b >= floor - 1e-9:
+                seeds.append(SeedTrial(f"fairquant:{method}+{combine}@{b:g}",
+                                       f"{name} @ {b:g} bits", "fairquant", "quantile",
+                                       space.snap(b, lam, method, quantizer),
+                                       {"combine": combine, "budget": float(b)}))
+    for b in hawq_budgets:
+        if b >= floor - 1e-9:
+            seeds.append(SeedTrial(f"mean@{b:g}", f"HAWQ-style mean {b:g} bits", "hawq",
+                                   "solver", space.snap(b, 0.0, main, quantizer),
+                                   {"objective": "mean", "budget": float(b)}))
+    return seeds
+
+
+def direct_seeds(space, maker, solver_space, **kwargs) -> list[SeedTrial]:
+    """Seeds for a direct (per-layer bits) study: the default seeds, built once with the solver
+    space and written as per-layer bits parameters."""
+    from fqopt.search._plans import build_plan
+
+    out = []
+    for seed in default_seeds(solver_space, maker, **kwargs):
+        plan = build_plan(maker, seed.builder, seed.params, seed.options)
+        layer_bits = {name: int(b) if isinstance(b, int) else int(b[0])
+                      for name, b in plan.assignments.items()}
+        params = {space.param_name(n): layer_bits[n] for n in space.layers}
+        params["quantizer"] = seed.params["quantizer"]
+        out.append(SeedTrial(seed.key, seed.label, seed.kind, "direct", params, {}))
+    return out

@@ -1,0 +1,500 @@
+"""Figures of a search: backend-neutral info objects, and matplotlib renderers that only draw.
+
+Each ``*_info`` function computes plain data (tested); each ``plot_*`` takes that info object and
+returns a matplotlib ``Figure`` (Agg backend; matplotlib is imported only here, inside the
+functions). Inputs are the results dict of ``reports/search_test.json`` (see ``_pipeline``) and
+the Optuna study.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+#: the kinds of baseline points, their legend names and marker styles
+BASELINE_STYLE = {
+    "uniform": ("uniform", "s", "#7f7f7f"),
+    "fairquant": ("FairQuant static", "^", "#d62728"),
+    "hawq": ("HAWQ-style (mean)", "v", "#9467bd"),
+    "ladder": ("fqopt solver (worst)", "D", "#2ca02c"),
+}
+PARETO_COLOR = "#1f77b4"
+REFINED_COLOR = "#ff7f0e"
+FP_COLOR = "#000000"
+
+
+@dataclass
+class Point:
+    avg_bits: float
+    avg_acc: float
+    worst_acc: float
+    label: str = ""
+    trial: int | None = None
+    kind: str = "sampled"
+
+
+@dataclass
+class ParetoFrontInfo:
+    """Points of the two panels (``avg_acc`` and ``worst_acc`` against ``avg_bits``).
+
+    ``split``: where the accuracies come from. ``trials``: every complete trial (only for the
+    search split, where all were evaluated); ``pareto``: the Pareto plans; ``baselines``: seed
+    baselines by kind; ``fp32``: ``{"avg_acc", "worst_acc"}`` of the FP model.
+    """
+
+    split: str
+    pareto: list[Point]
+    trials: list[Point] = field(default_factory=list)
+    baselines: dict[str, list[Point]] = field(default_factory=dict)
+    refined: list[Point] = field(default_factory=list)
+    fp32: dict | None = None
+
+
+def _point(rec: dict, split: str, kind: str | None = None) -> Point | None:
+    rep = rec.get(split)
+    if not rep:
+        return None
+    return Point(avg_bits=float(rec["avg_bits"]), avg_acc=float(rep["avg_acc"]),
+                 worst_acc=float(rep["worst_acc"]), label=rec.get("label", ""),
+                 trial=rec.get("trial"), kind=kind or rec.get("kind", "sampled"))
+
+
+def pareto_front_info(results: dict, *, split: str = "test", study=None) -> ParetoFrontInfo:
+    """The Pareto front on ``split`` (``test`` or ``search``); with ``study`` and the search
+    split, every complete trial is added as background."""
+    pareto = [p for p in (_point(r, split) for r in results.get("pareto", [])) if p]
+    baselines: dict[str, list[Point]] = {}
+    for rec in results.get("baselines", []):
+        kind = rec.get("kind", "sampled")
+        if kind not in BASELINE_STYLE:
+            continue
+        p = _point(rec, split, kind)
+        if p:
+            baselines.setdefault(kind, []).append(p)
+    for pts in baselines.values():
+        pts.sort(key=lambda p: p.avg_bits)
+    refined = [p for p in (_point(r, split, "refined") for r in results.get("refined", [])) if p]
+    trials = []
+    if study is not None and split == "search":
+        from optuna.trial import TrialState
+
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            trials.append(Point(avg_bits=t.values[2], avg_acc=t.values[0], worst_acc=t.values[1],
+                                trial=t.number, kind=t.user_attrs.get("fqopt:kind", "sampled")))
+    fp = (results.get("fp32") or {}).get(split)
+    fp32 = None if not fp else {"avg_acc": fp["avg_acc"], "worst_acc": fp["worst_acc"]}
+    return ParetoFrontInfo(split=split, pareto=sorted(pareto, key=lambda p: p.avg_bits),
+                           trials=trials, baselines=baselines, refined=refined, fp32=fp32)
+
+
+# --------------------------------------------------------------------------- chosen plans
+def chosen_plans(results: dict, caps=(3.0, 3.5, 4.0, 4.5, 5.5)) -> list[dict]:
+    """A few Pareto plans to look at closely: for each cap on average bits, the plan with the
+    best *search* ``worst_acc`` within it (chosen without looking at the test split)."""
+    out, seen = [], set()
+    pareto = results.get("pareto", [])
+    for cap in caps:
+        cands = [r for r in pareto if r["avg_bits"] <= cap + 1e-9 and r.get("search")]
+        if not cands:
+            continue
+        best = max(cands, key=lambda r: (r["search"]["worst_acc"], r["search"]["avg_acc"],
+                                         -r["avg_bits"]))
+        if best["trial"] in seen:
+            continue
+        seen.add(best["trial"])
+        out.append({**best, "cap": cap})
+    return out
+
+
+@dataclass
+class GroupAccuracyInfo:
+    """Per-group accuracy bars: ``series`` is a list of ``(label, [accuracy per group])``."""
+
+    split: str
+    groups: list[str]
+    n: dict[str, int]
+    series: list[tuple[str, list[float]]]
+
+
+def group_accuracy_info(results: dict, *, split: str = "test", chosen=None,
+                        uniform_bits: int = 4) -> GroupAccuracyInfo:
+    chosen = chosen_plans(results) if chosen is None else chosen
+    fp = (results.get("fp32") or {}).get(split) or {}
+    groups = list(fp.get("group_names") or (results.get("run") or {}).get("groups") or [])
+    series = []
+
+    def accs(rep):
+        ga = rep.get("group_accuracy", {})
+        return [float(ga.get(g, math.nan)) for g in groups]
+
+    shown = set()
+    if fp:
+        series.append(("FP32", accs(fp)))
+    uni = next((b for b in results.get("baselines", [])
+                if b.get("seed") == f"uniform:{uniform_bits}"), None)
+    if uni and uni.get(split):
+        series.append((f"uniform {uniform_bits}-bit ({uni['avg_bits']:.2f} b)", accs(uni[split])))
+        shown.add(uni["trial"])
+    fq = [b for b in results.get("baselines", []) if b.get("kind") == "fairquant" and
+          b.get(split) and abs(b["avg_bits"] - uniform_bits) < 0.05]
+    if fq:  # FairQuant at matched bits: the one the search split liked best
+        best = max(fq, key=lambda b: b["search"]["worst_acc"])
+        series.append((f"{best['label']} ({best['avg_bits']:.2f} b)", accs(best[split])))
+        shown.add(best["trial"])
+    for r in chosen:
+        if r.get(split) and r["trial"] not in shown:
+            series.append((f"pareto-{r['index']:02d}: {r.get('label', '')} "
+                           f"({r['avg_bits']:.2f} b)", accs(r[split])))
+    return GroupAccuracyInfo(split=split, groups=groups, n=dict(fp.get("n") or {}),
+                             series=series)
+
+
+@dataclass
+class LayerBitsInfo:
+    """Bits per layer: ``layers`` in model order, ``params`` weights per layer, and ``series``
+    ``(label, mean bits per layer)``; ``heatmap`` ``[L, Cmax]`` per-channel bits (NaN padding)
+    of ``heatmap_label``'s plan."""
+
+    layers: list[str]
+    params: list[int]
+    series: list[tuple[str, list[float]]]
+    heatmap: np.ndarray | None = None
+    heatmap_label: str = ""
+    bits: list[int] = field(default_factory=list)
+
+
+def layer_bits_info(plans: list[tuple[str, object]], *, heatmap_index: int = 0
+                    ) -> LayerBitsInfo:
+    """``plans``: ``(label, AllocationPlan)``, all of one model."""
+    if not plans:
+        return LayerBitsInfo(layers=[], params=[], series=[])
+    first = plans[0][1]
+    layers = list(first.assignments)
+    params = [int(np.prod(first.shapes[n])) for n in layers]
+    series = []
+    all_bits = set()
+    for label, plan in plans:
+        lb = plan.layer_bits()
+        means = []
+        for n in layers:
+            b = lb[n]
+            all_bits.update(int(x) for x in np.unique(b))
+            means.append(float(np.mean(b)))
+        series.append((label, means))
+    label, plan = plans[min(heatmap_index, len(plans) - 1)]
+    lb = plan.layer_bits()
+    width = max(len(lb[n]) for n in layers)
+    heat = np.full((len(layers), width), np.nan)
+    for i, n in enumerate(layers):
+        heat[i, :len(lb[n])] = lb[n]
+    return LayerBitsInfo(layers=layers, params=params, series=series, heatmap=heat,
+                         heatmap_label=label, bits=sorted(all_bits))
+
+
+@dataclass
+class HistoryInfo:
+    """Optimisation history of one objective: per complete trial (in trial order) its value,
+    its average bits, whether it was a seed, and the best value so far among trials at or below
+    ``cap`` average bits (None: all trials)."""
+
+    target: str
+    direction: str
+    numbers: list[int]
+    values: list[float]
+    bits: list[float]
+    seeded: list[bool]
+    best: list[float]
+    cap: float | None = None
+
+
+def history_info(study, *, target: int = 1, cap: float | None = 4.5) -> HistoryInfo:
+    from optuna.trial import TrialState
+
+    from fqopt.search._storage import DIRECTIONS, METRIC_NAMES
+
+    trials = sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)),
+                    key=lambda t: t.number)
+    sign = 1.0 if DIRECTIONS[target] == "maximize" else -1.0
+    values, bits, best, cur = [], [], [], -math.inf
+    for t in trials:
+        v = float(t.values[target])
+        values.append(v)
+        bits.append(float(t.values[2]))
+        if cap is None or t.values[2] <= cap + 1e-9:
+            cur = max(cur, sign * v)
+        best.append(sign * cur if math.isfinite(cur) else math.nan)
+    return HistoryInfo(target=METRIC_NAMES[target], direction=DIRECTIONS[target],
+                       numbers=[t.number for t in trials], values=values, bits=bits,
+                       seeded=[bool(t.user_attrs.get("fqopt:seed")) for t in trials],
+                       best=best, cap=cap)
+
+
+@dataclass
+class ImportanceInfo:
+    """Parameter importances (fANOVA, normalised) per objective; ``message`` when there is too
+    little to say (fewer than ``min_trials`` complete trials, or one parameter)."""
+
+    params: list[str]
+    importances: dict[str, dict[str, float]]
+    message: str = ""
+
+
+def importance_info(study, *, min_trials: int = 8, seed: int = 0) -> ImportanceInfo:
+    import optuna
+    from optuna.trial import TrialState
+
+    from fqopt.search._storage import METRIC_NAMES
+
+    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if len(trials) < min_trials:
+        return ImportanceInfo([], {}, f"only {len(trials)} complete trials; importances need "
+                                      f"at least {min_trials}")
+    out: dict[str, dict[str, float]] = {}
+    params: list[str] = []
+    for i, name in enumerate(METRIC_NAMES):
+        try:
+            imp = optuna.importance.get_param_importances(
+                study, target=lambda t, i=i: t.values[i],
+                evaluator=optuna.importance.FanovaImportanceEvaluator(seed=seed))
+        except (RuntimeError, ValueError) as exc:
+            return ImportanceInfo([], {}, f"importances unavailable: {exc}")
+        out[name] = {k: float(v) for k, v in imp.items()}
+        params = params or list(imp)
+    if len(params) < 2:
+        return ImportanceInfo(params, out, "a single parameter: nothing to compare")
+    if len(params) > 12:  # direct mode: one parameter per layer; keep the 12 most important
+        total = {p: sum(out[m].get(p, 0.0) for m in out) for p in params}
+        params = sorted(params, key=lambda p: -total[p])[:12]
+    return ImportanceInfo(params, out)
+
+
+# =========================================================================== renderers
+def _mpl():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_pareto_front(info: ParetoFrontInfo):
+    """Two panels: avg_acc and worst_acc against avg_bits."""
+    plt = _mpl()
+    fig, axes = plt.subplots(1, 2, figsize=(12.5, 5.0), sharex=True)
+    for ax, metric, title in ((axes[0], "avg_acc", "mean of group accuracies (avg_acc)"),
+                              (axes[1], "worst_acc", "worst-group accuracy (worst_acc)")):
+        if info.trials:
+            ax.scatter([p.avg_bits for p in info.trials], [getattr(p, metric) for p in info.trials],
+                       s=14, color="#bbbbbb", alpha=0.6, label="all trials", zorder=1)
+        if info.pareto:
+            xs = [p.avg_bits for p in info.pareto]
+            ys = [getattr(p, metric) for p in info.pareto]
+            # the front has three objectives, so its projection is not monotone: draw the
+            # plans as points and the best value reached at ≤ x bits as a staircase
+            sx, sy = staircase(xs, ys)
+            ax.step(sx, sy, where="post", color=PARETO_COLOR, lw=1.2, alpha=0.8,
+                    label="best Pareto plan at ≤ bits", zorder=3)
+            ax.scatter(xs, ys, s=22, color=PARETO_COLOR, label="Pareto plans", zorder=6)
+        for kind, pts in info.baselines.items():
+            name, marker, color = BASELINE_STYLE[kind]
+            ax.scatter([p.avg_bits for p in pts], [getattr(p, metric) for p in pts],
+                       marker=marker, s=48, color=color, edgecolor="white", linewidth=0.6,
+                       label=name, zorder=4)
+            if kind == "uniform":
+                for p in pts:
+                    ax.annotate(f"{p.avg_bits:.0f}b", (p.avg_bits, getattr(p, metric)),
+                                textcoords="offset points", xytext=(4, -11), fontsize=7,
+                                color=color)
+        if info.refined:
+            ax.scatter([p.avg_bits for p in info.refined],
+                       [getattr(p, metric) for p in info.refined], marker="*", s=140,
+                       color=REFINED_COLOR, edgecolor="black", linewidth=0.5,
+                       label="BAQ-refined", zorder=5)
+        if info.fp32:
+            ax.axhline(info.fp32[metric], color=FP_COLOR, ls="--", lw=1.0, label="FP32",
+                       zorder=2)
+            ax.annotate(f"FP32 {info.fp32[metric]:.3f}", (0.0, info.fp32[metric]),
+                        xycoords=("axes fraction", "data"), textcoords="offset points",
+                        xytext=(4, 3), ha="left", fontsize=8)
+        ax.set_title(title, fontsize=11)
+        ax.set_xlabel("average bits per weight (parameter-weighted)")
+        ax.set_ylabel(f"{metric} ({info.split} split)")
+        ax.grid(True, alpha=0.3)
+        _zoom(ax, info, metric)
+    handles, labels = axes[1].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), fontsize=9,
+               frameon=False)
+    fig.suptitle(f"Pareto front on the {info.split} split"
+                 + (" (plans chosen on the search split)" if info.split == "test" else ""),
+                 fontsize=12)
+    rows = math.ceil(len(labels) / 4)
+    fig.tight_layout(rect=(0, 0.03 + 0.045 * rows, 1, 0.97))
+    return fig
+
+
+def staircase(xs, ys) -> tuple[list[float], list[float]]:
+    """Points of the running maximum of ``ys`` over increasing ``xs`` (where it rises)."""
+    out_x, out_y, best = [], [], -math.inf
+    for x, y in sorted(zip(xs, ys)):
+        if y > best:
+            best = y
+            out_x.append(x)
+            out_y.append(y)
+    if out_x:
+        out_x.append(max(xs))
+        out_y.append(best)
+    return out_x, out_y
+
+
+def _zoom(ax, info: ParetoFrontInfo, metric: str) -> None:
+    """Keep the interesting range: 2-bit collapses would squash everything else to a line."""
+    ys = [getattr(p, metric) for p in info.pareto + info.refined]
+    ys += [getattr(p, metric) for pts in info.baselines.values() for p in pts]
+    if info.fp32:
+        ys.append(info.fp32[metric])
+    if not ys:
+        return
+    # show the cluster near the top; far-off points (2-bit collapses) are marked with arrows
+    top, mid = max(ys), float(np.median(ys))
+    good = [y for y in ys if y >= top - max(0.05, 2.5 * (top - mid))]
+    lo = min(good)
+    pad = max(0.01, 0.06 * (top - lo))
+    ax.set_ylim(lo - pad, min(1.0, top + pad))
+    for p in [q for pts in info.baselines.values() for q in pts] + info.pareto:
+        if getattr(p, metric) < lo - pad:  # mark points below the visible range
+            ax.annotate(f"↓ {getattr(p, metric):.2f}", (p.avg_bits, lo - pad),
+                        textcoords="offset points", xytext=(-8, 3), fontsize=7, color="#555555")
+
+
+def plot_group_accuracy(info: GroupAccuracyInfo):
+    plt = _mpl()
+    G, S = len(info.groups), len(info.series)
+    fig, ax = plt.subplots(figsize=(max(10.0, 1.3 * G + 6), 4.6))
+    width = 0.8 / max(S, 1)
+    cmap = plt.get_cmap("tab10")
+    x = np.arange(G)
+    for i, (label, accs) in enumerate(info.series):
+        color = FP_COLOR if label == "FP32" else cmap(i % 10)
+        ax.bar(x - 0.4 + width * (i + 0.5), accs, width, label=label, color=color,
+               alpha=0.85 if label != "FP32" else 0.55)
+    ax.set_xticks(x)
+    ax.set_xticklabels([f"{g}\n(n={info.n.get(g, '?')})" for g in info.groups])
+    ax.set_ylabel(f"accuracy ({info.split} split)")
+    ax.set_xlabel("group")
+    vals = [v for _, accs in info.series for v in accs if not math.isnan(v)]
+    if vals:
+        ax.set_ylim(max(0.0, min(vals) - 0.1), min(1.0, max(vals) + 0.05))
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    ax.set_title(f"Per-group accuracy of chosen plans ({info.split} split)")
+    fig.tight_layout()
+    return fig
+
+
+def plot_layer_bits(info: LayerBitsInfo):
+    plt = _mpl()
+    L, S = len(info.layers), max(1, len(info.series))
+    fig, ax = plt.subplots(figsize=(max(9.0, 0.55 * L + 3), 4.8))
+    x = np.arange(L)
+    width = 0.8 / S
+    cmap = plt.get_cmap("tab10")
+    for i, (label, means) in enumerate(info.series):
+        ax.bar(x - 0.4 + width * (i + 0.5), means, width, label=label, color=cmap(i % 10))
+    ax.set_xticks(x)
+    ax.set_xticklabels([f"{n} ({_count(p)})" for n, p in zip(info.layers, info.params)],
+                       rotation=60, ha="right", fontsize=7)
+    ax.set_ylabel("mean bits per weight in the layer")
+    ax.set_yticks(info.bits or [2, 3, 4, 6, 8])
+    ax.set_ylim(0, max(info.bits or [8]) + 0.5)
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.legend(fontsize=8, loc="lower left", bbox_to_anchor=(0.0, 1.01), ncol=min(3, S),
+              frameon=False)
+    ax.set_title("Bits per layer of chosen plans (weights per layer in brackets)", pad=28)
+    fig.tight_layout()
+    return fig
+
+
+def _count(n: int) -> str:
+    return f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.0f}k" if n >= 1e3 else str(n)
+
+
+def plot_channel_heatmap(info: LayerBitsInfo):
+    plt = _mpl()
+    from matplotlib.colors import BoundaryNorm, ListedColormap
+
+    heat = info.heatmap
+    bits = info.bits or sorted({int(v) for v in np.unique(heat[~np.isnan(heat)])})
+    colors = plt.get_cmap("viridis")(np.linspace(0.05, 0.95, len(bits)))
+    cmap = ListedColormap(colors).with_extremes(bad="#f2f2f2")
+    edges = [bits[0] - 0.5] + [(a + b) / 2 for a, b in zip(bits, bits[1:])] + [bits[-1] + 0.5]
+    norm = BoundaryNorm(edges, cmap.N)
+    L, C = heat.shape
+    fig, ax = plt.subplots(figsize=(min(14.0, 4 + 0.06 * C), max(4.0, 0.22 * L + 1.5)))
+    im = ax.imshow(np.ma.masked_invalid(heat), aspect="auto", cmap=cmap, norm=norm,
+                   interpolation="nearest")
+    ax.set_yticks(np.arange(L))
+    ax.set_yticklabels(info.layers, fontsize=7)
+    ax.set_xlabel("output channel")
+    ax.set_title(f"Bits per output channel: {info.heatmap_label}")
+    cb = fig.colorbar(im, ax=ax, ticks=bits, fraction=0.03, pad=0.02)
+    cb.set_label("bits")
+    fig.tight_layout()
+    return fig
+
+
+def plot_history(info: HistoryInfo):
+    plt = _mpl()
+    fig, ax = plt.subplots(figsize=(9.0, 4.4))
+    nums = np.asarray(info.numbers)
+    vals = np.asarray(info.values)
+    bits = np.asarray(info.bits)
+    seeded = np.asarray(info.seeded, dtype=bool)
+    if len(nums):
+        kw = dict(cmap="viridis", vmin=2.0, vmax=8.0)
+        sc = ax.scatter(nums[seeded], vals[seeded], c=bits[seeded], s=30, marker="s",
+                        edgecolor="black", linewidth=0.4, label="seed trials", **kw)
+        if (~seeded).any():
+            sc = ax.scatter(nums[~seeded], vals[~seeded], c=bits[~seeded], s=24,
+                            label="sampled trials", **kw)
+        cb = fig.colorbar(sc, ax=ax, fraction=0.04, pad=0.02)
+        cb.set_label("average bits")
+        cap = "" if info.cap is None else f" at ≤ {info.cap:g} bits"
+        ax.step(nums, info.best, where="post", color="#d62728", lw=1.5,
+                label=f"best so far{cap}")
+        low = np.percentile(vals, 10) if len(vals) > 5 else vals.min()
+        ax.set_ylim(max(0.0, low - 0.05), min(1.0, vals.max() + 0.03))
+    ax.set_xlabel("trial number")
+    ax.set_ylabel(f"{info.target} (search split)")
+    ax.set_title(f"Optimisation history: {info.target}")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def plot_importance(info: ImportanceInfo):
+    plt = _mpl()
+    fig, ax = plt.subplots(figsize=(8.0, max(3.0, 0.45 * len(info.params) + 1.6)))
+    if info.message and not info.params:
+        ax.text(0.5, 0.5, info.message, ha="center", va="center", fontsize=11)
+        ax.set_axis_off()
+        return fig
+    metrics = list(info.importances)
+    y = np.arange(len(info.params))
+    h = 0.8 / max(1, len(metrics))
+    cmap = plt.get_cmap("tab10")
+    for i, m in enumerate(metrics):
+        vals = [info.importances[m].get(p, 0.0) for p in info.params]
+        ax.barh(y - 0.4 + h * (i + 0.5), vals, h, label=m, color=cmap(i))
+    ax.set_yticks(y)
+    ax.set_yticklabels(info.params)
+    ax.invert_yaxis()
+    ax.set_xlabel("importance (fANOVA, normalised per objective)")
+    ax.set_title("Parameter importances")
+    ax.grid(True, axis="x", alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    return fig
