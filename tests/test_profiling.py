@@ -330,6 +330,9 @@ def test_select_calibration_is_stratified_and_seeded():
     # a rare group keeps at least one sample
     rare = np.array([0] * 999 + [1])
     assert 1 in rare[select_calibration(rare, np.arange(1000), 10, seed=0)]
+    skewed = np.repeat(np.arange(6), [995, 1, 1, 1, 1, 1])
+    few = select_calibration(skewed, np.arange(1000), 6, seed=0)
+    assert len(few) == 6 and sorted(skewed[few].tolist()) == [0, 1, 2, 3, 4, 5]
     assert np.array_equal(select_calibration(groups, idx, None), idx)
 
 
