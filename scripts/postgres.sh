@@ -29,6 +29,10 @@ if [ "$(id -u)" = 0 ]; then
     id postgres >/dev/null 2>&1 || useradd -r -M postgres
     AS="runuser -u postgres --"
 fi
+# a server left running in $PGROOT (an earlier run) is stopped before its folder is reused
+if [ -f "$PGROOT/data/postmaster.pid" ]; then
+    $AS "$BIN/pg_ctl" -D "$PGROOT/data" stop -m fast >/dev/null 2>&1 || true
+fi
 rm -rf "$PGROOT"; mkdir -p "$PGROOT"
 [ -n "$AS" ] && chown postgres "$PGROOT"
 $AS "$BIN/initdb" -D "$PGROOT/data" -U fqopt --auth=trust >"$PGROOT/initdb.log" 2>&1 || {

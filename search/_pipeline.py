@@ -31,6 +31,8 @@ DEFAULT_BITS = (2, 3, 4, 6, 8)
 CHECK_BITS = 4.5
 #: ... against uniform at this many bits
 CHECK_UNIFORM = 4
+#: FairQuant-style uniform baselines (every layer, pins ignored) evaluated beside the study
+UNIFORM_ALL_LAYERS = (2, 3, 4, 8)
 
 
 @dataclass
@@ -205,6 +207,7 @@ def evaluate_on_test(run, study, *, model=None, callback=None, plans_dir=None) -
     ``plans/pareto-XX.json``. Returns the results dict (also FP32 on both splits)."""
     from fqopt.plan import AllocationPlan
     from fqopt.search._study import complete_trials, pareto_trials
+    from fqopt.apply import resolve_plan
     from fqopt.search._trial import SplitEvaluator, WeightBank, compact_report
 
     model = model if model is not None else run.model()
@@ -251,20 +254,39 @@ def evaluate_on_test(run, study, *, model=None, callback=None, plans_dir=None) -
     for stale in plans_dir.glob("pareto-*.json"):
         if stale.name not in keep:
             stale.unlink(missing_ok=True)  # another worker may have removed it
+    # FairQuant's uniform baselines quantize every layer, stem and head included; the study's
+    # uniform seeds keep the pins of every other plan. Both are reported.
+    search_eval = SplitEvaluator(model, ds, "search", bank=bank)
+    for b in UNIFORM_ALL_LAYERS:
+        plan = resolve_plan(model, int(b))
+        rec = {"trial": None, "index": None, "label": f"uniform {b}-bit, all layers",
+               "kind": "uniform-all", "seed": f"uniform-all:{b}", "params": {},
+               "quantizer": "maxabs", "avg_bits": float(plan.avg_bits),
+               "avg_bits_channel": plan.avg_bits_channel, "size_bytes": plan.size_bytes,
+               "objective": plan.objective, "pareto": False,
+               "search": compact_report(search_eval.report(plan, "maxabs")[0]),
+               "test": compact_report(test.report(plan, "maxabs")[0])}
+        baselines.append(rec)
     return {"fp32": fp, "pareto": records, "baselines": baselines}
 
 
 def acceptance_check(results: dict, bits: float = CHECK_BITS, uniform: int = CHECK_UNIFORM
                      ) -> dict:
     """Does a Pareto plan at ≤ ``bits`` average bits beat uniform ``uniform``-bit on test
-    ``worst_acc``? (The search chose the plans on the search split.)"""
-    uni = next((b for b in results.get("baselines", []) if b.get("seed") == f"uniform:{uniform}"),
-               None)
+    ``worst_acc``? (The search chose the plans on the search split.) ``passed`` compares with
+    the uniform plan that keeps the pins of every plan in the study (stem and head at 8 bits);
+    ``passed_all_layers`` with FairQuant's uniform baseline (every layer at ``uniform`` bits)."""
+    def find(key):
+        return next((b for b in results.get("baselines", []) if b.get("seed") == key), None)
+
+    uni, uni_all = find(f"uniform:{uniform}"), find(f"uniform-all:{uniform}")
     cands = [p for p in results.get("pareto", []) if p["avg_bits"] <= bits + 1e-9]
     best = max(cands, key=lambda p: p["test"]["worst_acc"], default=None)
     out = {"bits": bits, "uniform_bits": uniform,
            "uniform_test_worst_acc": None if uni is None else uni["test"]["worst_acc"],
            "uniform_avg_bits": None if uni is None else uni["avg_bits"],
+           "uniform_all_layers_test_worst_acc": None if uni_all is None else
+           uni_all["test"]["worst_acc"],
            "best_plan": None if best is None else {
                "index": best["index"], "trial": best["trial"], "avg_bits": best["avg_bits"],
                "test_worst_acc": best["test"]["worst_acc"],
@@ -272,6 +294,8 @@ def acceptance_check(results: dict, bits: float = CHECK_BITS, uniform: int = CHE
            "plans_at_or_below": len(cands)}
     out["passed"] = bool(uni is not None and best is not None
                          and best["test"]["worst_acc"] > uni["test"]["worst_acc"])
+    out["passed_all_layers"] = bool(uni_all is not None and best is not None
+                                    and best["test"]["worst_acc"] > uni_all["test"]["worst_acc"])
     return out
 
 

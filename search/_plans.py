@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 from collections import OrderedDict
 from collections.abc import Callable
 
@@ -215,9 +214,3 @@ def build_plan(maker: PlanMaker, builder: str, params: dict, options: dict | Non
         raise UserError(f"unknown plan builder {builder!r}; expected one of "
                         f"{', '.join(BUILDERS)}")
     return BUILDERS[builder](maker, params, dict(options or {}))
-
-
-def plan_digest(plan) -> str:
-    """A short hash of a plan's assignments (for file names and logs)."""
-    text = json.dumps(plan.assignments, sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:12]

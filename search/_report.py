@@ -220,11 +220,16 @@ def render_html(results: dict, pngs: dict[str, bytes], study=None) -> str:
     if check and check.get("best_plan") and check.get("uniform_test_worst_acc") is not None:
         b = check["best_plan"]
         cls = "ok" if check["passed"] else "bad"
+        every = check.get("uniform_all_layers_test_worst_acc")
         parts.append(
             f"<p class='{cls}'>Best Pareto plan at ≤ {check['bits']} average bits "
             f"(pareto-{b['index']:02d}, {b['avg_bits']:.2f} b): test worst_acc "
             f"{b['test_worst_acc']:.4f} vs uniform {check['uniform_bits']}-bit "
-            f"{check['uniform_test_worst_acc']:.4f} ({check['uniform_avg_bits']:.2f} b).</p>")
+            f"{check['uniform_test_worst_acc']:.4f} (stem and head at 8 bits, "
+            f"{check['uniform_avg_bits']:.2f} b)"
+            + ("" if every is None else f" and {every:.4f} (every layer at "
+                                         f"{check['uniform_bits']} bits, FairQuant's baseline)")
+            + ".</p>")
     if fp:
         rows = [[s, (fp.get(s) or {}).get("accuracy"), (fp.get(s) or {}).get("avg_acc"),
                  (fp.get(s) or {}).get("worst_acc"), (fp.get(s) or {}).get("worst_group")]
@@ -288,13 +293,6 @@ def render_html(results: dict, pngs: dict[str, bytes], study=None) -> str:
                      + "</ul>")
     parts.append("</body></html>")
     return "\n".join(parts)
-
-
-def ensure_results(run, study) -> dict:
-    res = load_results(run)
-    if res is None and study is None:
-        raise UserError(f"run {run.path} has neither a study nor search results")
-    return res or results_from_study(run, study)
 
 
 def open_search(run, *, storage: str | None = None, study_name: str | None = None):

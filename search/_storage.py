@@ -12,7 +12,7 @@ machine) is marked failed after :data:`GRACE_PERIOD` seconds and its slot is run
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 from fqopt.errors import UserError
@@ -84,9 +84,7 @@ def open_storage(url: str, *, heartbeat: bool = True):
     try:
         if url.startswith("sqlite:///"):
             _sqlite_wal(Path(url[len("sqlite:///"):]))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            storage = optuna.storages.RDBStorage(url, **kwargs)
+        storage = _create_rdb(url, kwargs)
         if url.startswith("sqlite"):
             _sqlite_fast_commits(storage)
         return storage
@@ -96,6 +94,27 @@ def open_storage(url: str, *, heartbeat: bool = True):
     except Exception as exc:  # sqlalchemy errors: bad URL, unreachable host, refused login
         raise UserError(f"cannot open Optuna storage {masked_url(url)}: "
                         f"{type(exc).__name__}: {_first_line(exc)}") from None
+
+
+def _create_rdb(url: str, kwargs: dict, attempts: int = 6):
+    """``RDBStorage(url)``. Workers started together on an empty database all create Optuna's
+    tables at once; on PostgreSQL the losers fail with a duplicate-key or duplicate-table error.
+    Those are retried (the tables exist by then); any other error is raised at once."""
+    import random
+    import warnings
+
+    import optuna
+    from sqlalchemy import exc as sa_exc
+
+    for attempt in range(attempts):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(url, **kwargs)
+        except (sa_exc.IntegrityError, sa_exc.ProgrammingError):
+            if attempt == attempts - 1:
+                raise
+            time.sleep(random.uniform(0.2, 1.0) * (attempt + 1))
 
 
 def _sqlite_wal(path: Path) -> None:
@@ -231,9 +250,3 @@ def check_identity(attrs: dict, identity: dict, settings: dict, study_name: str,
             raise UserError(f"study {study_name!r} searches with {key} {theirs_s.get(key)!r}, "
                             f"but this search asks for {ours_s.get(key)!r}; resume it with the "
                             "same settings, use another --study, or pass --force to start over")
-
-
-def study_summaries(storage) -> Sequence:
-    import optuna
-
-    return optuna.get_all_study_summaries(storage=storage)

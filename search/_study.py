@@ -32,7 +32,7 @@ from fqopt.search._seeds import ATTR_SEED, SeedTrial, default_seeds, direct_seed
 from fqopt.search._space import DirectSpace, SearchSpace
 from fqopt.search._trial import ATTR_CONSTRAINT, Objective, SplitEvaluator, WeightBank
 
-DEFAULT_TRIALS = 60
+DEFAULT_TRIALS = 100
 DEFAULT_POPULATION = 20
 #: seconds between checks while other workers finish the last trials
 POLL_SECONDS = 2.0
@@ -309,10 +309,24 @@ def complete_trials(study) -> list:
     return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
 
 
-def pareto_trials(study) -> list:
-    """The Pareto-optimal complete trials (``study.best_trials``), sorted by average bits."""
+def pareto_trials(study, *, unique: bool = True) -> list:
+    """The Pareto-optimal complete trials (``study.best_trials``), sorted by average bits.
+
+    Samplers propose the same plan again now and then (it is evaluated once and its result
+    reused); with ``unique`` each plan appears once, as its first trial.
+    """
     best = study.best_trials if complete_trials(study) else []
-    return sorted(best, key=lambda t: (t.values[2], -t.values[1], -t.values[0], t.number))
+    best = sorted(best, key=lambda t: (t.values[2], -t.values[1], -t.values[0], t.number))
+    if not unique:
+        return best
+    out, seen = [], set()
+    for t in sorted(best, key=lambda t: t.number):
+        plan = t.user_attrs.get("plan") or {}
+        key = json.dumps([plan.get("assignments"), t.params.get("quantizer")], sort_keys=True)
+        if key not in seen:
+            seen.add(key)
+            out.append(t)
+    return sorted(out, key=lambda t: (t.values[2], -t.values[1], -t.values[0], t.number))
 
 
 def check_existing(run, *, storage: str | None, study_name: str | None, granularity: str,

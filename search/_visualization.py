@@ -15,7 +15,8 @@ import numpy as np
 
 #: the kinds of baseline points, their legend names and marker styles
 BASELINE_STYLE = {
-    "uniform": ("uniform", "s", "#7f7f7f"),
+    "uniform": ("uniform (stem, head 8-bit)", "s", "#7f7f7f"),
+    "uniform-all": ("uniform, all layers", "s", "#c7c7c7"),
     "fairquant": ("FairQuant static", "^", "#d62728"),
     "hawq": ("HAWQ-style (mean)", "v", "#9467bd"),
     "ladder": ("fqopt solver (worst)", "D", "#2ca02c"),
@@ -300,14 +301,16 @@ def plot_pareto_front(info: ParetoFrontInfo):
             ax.scatter(xs, ys, s=22, color=PARETO_COLOR, label="Pareto plans", zorder=6)
         for kind, pts in info.baselines.items():
             name, marker, color = BASELINE_STYLE[kind]
+            hollow = kind == "uniform-all"
             ax.scatter([p.avg_bits for p in pts], [getattr(p, metric) for p in pts],
-                       marker=marker, s=48, color=color, edgecolor="white", linewidth=0.6,
+                       marker=marker, s=48, facecolors="none" if hollow else color,
+                       edgecolors=color if hollow else "white", linewidth=1.2 if hollow else 0.6,
                        label=name, zorder=4)
-            if kind == "uniform":
+            if kind in ("uniform", "uniform-all"):
                 for p in pts:
                     ax.annotate(f"{p.avg_bits:.0f}b", (p.avg_bits, getattr(p, metric)),
-                                textcoords="offset points", xytext=(4, -11), fontsize=7,
-                                color=color)
+                                textcoords="offset points", xytext=(4, 4 if hollow else -11),
+                                fontsize=7, color="#555555")
         if info.refined:
             ax.scatter([p.avg_bits for p in info.refined],
                        [getattr(p, metric) for p in info.refined], marker="*", s=140,
@@ -316,9 +319,10 @@ def plot_pareto_front(info: ParetoFrontInfo):
         if info.fp32:
             ax.axhline(info.fp32[metric], color=FP_COLOR, ls="--", lw=1.0, label="FP32",
                        zorder=2)
-            ax.annotate(f"FP32 {info.fp32[metric]:.3f}", (0.0, info.fp32[metric]),
+            # between 6 and 8 bits, where few plans lie
+            ax.annotate(f"FP32 {info.fp32[metric]:.3f}", (0.8, info.fp32[metric]),
                         xycoords=("axes fraction", "data"), textcoords="offset points",
-                        xytext=(4, 3), ha="left", fontsize=8)
+                        xytext=(0, 3), ha="center", fontsize=8)
         ax.set_title(title, fontsize=11)
         ax.set_xlabel("average bits per weight (parameter-weighted)")
         ax.set_ylabel(f"{metric} ({info.split} split)")
@@ -363,10 +367,13 @@ def _zoom(ax, info: ParetoFrontInfo, metric: str) -> None:
     lo = min(good)
     pad = max(0.01, 0.06 * (top - lo))
     ax.set_ylim(lo - pad, min(1.0, top + pad))
+    below: dict[float, set[float]] = {}
     for p in [q for pts in info.baselines.values() for q in pts] + info.pareto:
-        if getattr(p, metric) < lo - pad:  # mark points below the visible range
-            ax.annotate(f"↓ {getattr(p, metric):.2f}", (p.avg_bits, lo - pad),
-                        textcoords="offset points", xytext=(-8, 3), fontsize=7, color="#555555")
+        if getattr(p, metric) < lo - pad:  # points below the visible range, one label per x
+            below.setdefault(round(p.avg_bits * 2) / 2, set()).add(round(getattr(p, metric), 2))
+    for x, vals in below.items():
+        ax.annotate("↓ " + ", ".join(f"{v:.2f}" for v in sorted(vals)), (x, lo - pad),
+                    textcoords="offset points", xytext=(-8, 3), fontsize=7, color="#555555")
 
 
 def plot_group_accuracy(info: GroupAccuracyInfo):

@@ -222,7 +222,7 @@ def test_pipeline_outputs(searched):
     fp = evaluate(model, run.dataset(), "test")
     assert fp.avg_acc == pytest.approx(res["fp32"]["test"]["avg_acc"], abs=1e-12)
     keys = {b["seed"] for b in res["baselines"]}
-    assert {"uniform:4", "worst@4", "fairquant:gradient+max", "mean@4"} <= keys
+    assert {"uniform:4", "uniform-all:4", "worst@4", "fairquant:gradient+max", "mean@4"} <= keys
     assert res["check"]["uniform_bits"] == 4 and "passed" in res["check"]
     assert set(res["stages"]) >= {"train", "profile", "search", "test", "report"}
 

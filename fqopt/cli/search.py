@@ -7,7 +7,7 @@ import click
 from fqopt.cli import _ui
 
 # keep in sync with fqopt.search._study.DEFAULT_TRIALS (not imported: `fqopt --help` stays fast)
-DEFAULT_TRIALS = 60
+DEFAULT_TRIALS = 100
 
 
 def quiet_optuna() -> None:
@@ -128,10 +128,17 @@ def command(run_dir, trials, storage, study_name, sampler, seed, granularity, me
     chk = res["check"]
     if chk.get("best_plan") and chk.get("uniform_test_worst_acc") is not None:
         b = chk["best_plan"]
-        verdict = "[green]beats[/]" if chk["passed"] else "[red]does not beat[/]"
-        _ui.info(f"best Pareto plan ≤ {chk['bits']} bits: pareto-{b['index']:02d} "
-                 f"({b['avg_bits']:.2f} b) test worst_acc {b['test_worst_acc']:.4f} {verdict} "
-                 f"uniform 4-bit")
+
+        def verdict(ok):
+            return "[green]>[/]" if ok else "[red]≤[/]"
+
+        line = (f"best Pareto plan ≤ {chk['bits']} bits: pareto-{b['index']:02d} "
+                f"({b['avg_bits']:.2f} b), test worst_acc {b['test_worst_acc']:.4f} "
+                f"{verdict(chk['passed'])} uniform 4-bit {chk['uniform_test_worst_acc']:.4f}")
+        if chk.get("uniform_all_layers_test_worst_acc") is not None:
+            line += (f", {verdict(chk['passed_all_layers'])} uniform 4-bit all layers "
+                     f"{chk['uniform_all_layers_test_worst_acc']:.4f}")
+        _ui.info(line)
     for note in result.notes:
         _ui.info(f"note: {note}")
     times = ", ".join(f"{k} {v:.0f} s" for k, v in result.stages.items())
