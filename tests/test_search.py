@@ -320,7 +320,7 @@ def test_claim_slot_under_races():
         study.add_trial(optuna.trial.create_trial(values=[0.5, 0.4, 4.0]))
     a, b = study.ask(), study.ask()   # two workers racing for the last slot of 3
     assert claim_slot(a, 3) == "surplus" and claim_slot(b, 3) == "surplus"
-    assert claim_slot(a, 4) is None   # with room for both, both pass
+    assert claim_slot(a, 4) is None and claim_slot(b, 4) is None  # room for both
     study.enqueue_trial({}, user_attrs={ATTR_SEED: "uniform:4"})
     study.enqueue_trial({}, user_attrs={ATTR_SEED: "uniform:4"})
     first, second = study.ask(), study.ask()

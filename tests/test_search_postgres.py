@@ -29,7 +29,24 @@ pytestmark = [
 ]
 
 
-def test_two_workers_share_one_study(tiny_run, tmp_path):
+@pytest.fixture
+def fresh_database():
+    """A new, empty database on the test server (workers then race to create Optuna's tables,
+    as on a first run), dropped afterwards."""
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    url = make_url(URL)
+    name = f"fqopt_{uuid.uuid4().hex[:10]}"
+    admin = url.set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(admin, autocommit=True) as con:
+        con.execute(f'CREATE DATABASE "{name}"')
+    yield url.set(database=name).render_as_string(hide_password=False)
+    with psycopg.connect(admin, autocommit=True) as con:
+        con.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_two_workers_share_one_study(tiny_run, tmp_path, fresh_database):
     from fqopt.search._pipeline import ensure_tables
     from fqopt.search._seeds import ATTR_SEED
     from fqopt.runs import Run
@@ -45,7 +62,8 @@ def test_two_workers_share_one_study(tiny_run, tmp_path):
 
     study_name = f"pg-{uuid.uuid4().hex[:10]}"
     n = 40
-    cmd = [sys.executable, "-m", "fqopt", "search", "--run", str(dest), "--storage", URL,
+    cmd = [sys.executable, "-m", "fqopt", "search", "--run", str(dest), "--storage",
+           fresh_database,
            "--study", study_name, "--trials", str(n), "--no-report", "--refine-top", "0",
            "--format", "json"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
@@ -58,7 +76,7 @@ def test_two_workers_share_one_study(tiny_run, tmp_path):
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        study = optuna.load_study(study_name=study_name, storage=URL)
+        study = optuna.load_study(study_name=study_name, storage=fresh_database)
     trials = study.trials
     states = collections.Counter(t.state for t in trials)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
@@ -80,5 +98,3 @@ def test_two_workers_share_one_study(tiny_run, tmp_path):
         assert t.values[1] == t.user_attrs["report"]["worst_acc"]
     # both workers did part of the work
     assert len({t.user_attrs["fqopt:worker"] for t in complete}) == 2
-
-    optuna.delete_study(study_name=study_name, storage=URL)
