@@ -47,7 +47,7 @@ def write_text(path, text: str) -> None:
 
 
 def write_json(path, obj) -> None:
-    write_text(path, json.dumps(obj, indent=2, default=_default) + "\n")
+    write_text(path, json.dumps(obj, indent=2, default=json_default) + "\n")
 
 
 def read_json(path, what: str = "JSON file") -> dict:
@@ -60,7 +60,8 @@ def read_json(path, what: str = "JSON file") -> dict:
         raise UserError(f"{what} {path} is not valid JSON: {exc}") from None
 
 
-def _default(o):
+def json_default(o):
+    """``json.dumps`` fallback for numpy scalars and arrays."""
     import numpy as np
 
     if isinstance(o, np.integer):

@@ -55,6 +55,7 @@ import torch
 from torch import nn
 
 from fqopt._version import __version__
+from fqopt._io import json_default
 from fqopt.errors import UserError
 
 __all__ = ["FORMAT", "ExportInfo", "ExportFile", "export", "load_quantized", "read_export",
@@ -461,18 +462,8 @@ def _pack(lay: _Layout, plan, quantizer: str) -> dict[str, torch.Tensor]:
 
 
 def _encode_plan(plan) -> str:
-    text = json.dumps(plan.to_dict(), separators=(",", ":"), default=_json_default)
+    text = json.dumps(plan.to_dict(), separators=(",", ":"), default=json_default)
     return base64.b64encode(zlib.compress(text.encode(), 9)).decode("ascii")
-
-
-def _json_default(o):
-    if isinstance(o, np.integer):
-        return int(o)
-    if isinstance(o, np.floating):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
 def _serialize(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:

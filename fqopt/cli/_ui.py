@@ -13,6 +13,8 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                            TimeElapsedColumn, TimeRemainingColumn)
 from rich.table import Table
 
+from fqopt._io import json_default
+
 # progress and messages go to stderr so that stdout stays data (JSON, tables)
 err = Console(stderr=True, highlight=False)
 out = Console(highlight=False, soft_wrap=True)
@@ -86,20 +88,8 @@ def progress():
 
 
 def print_json(obj) -> None:
-    sys.stdout.write(json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+    sys.stdout.write(json.dumps(obj, indent=2, sort_keys=False, default=json_default) + "\n")
     sys.stdout.flush()
-
-
-def _json_default(o):
-    import numpy as np
-
-    if isinstance(o, np.integer):
-        return int(o)
-    if isinstance(o, np.floating):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
 def print_table(title: str | None, columns: list[str], rows: list[list]) -> None:
