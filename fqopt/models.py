@@ -29,6 +29,15 @@ def available() -> list[str]:
     return timm.list_models()
 
 
+def check_name(name: str) -> None:
+    """UserError listing the tested models unless ``name`` is a timm architecture."""
+    import timm
+
+    if not timm.is_model(name):
+        raise UserError(f"unknown model {name!r}; tested models: {', '.join(SUPPORTED)} "
+                        "(or any architecture in timm.list_models())")
+
+
 def create(name: str = DEFAULT_MODEL, num_classes: int = 4, *, checkpoint=None,
            image_size: int | None = None, **kwargs) -> nn.Module:
     """Build timm model ``name`` with random weights (``pretrained=False``; nothing is fetched).
@@ -39,9 +48,7 @@ def create(name: str = DEFAULT_MODEL, num_classes: int = 4, *, checkpoint=None,
     """
     import timm
 
-    if not timm.is_model(name):
-        raise UserError(f"unknown model {name!r}; tested models: {', '.join(SUPPORTED)} "
-                        "(or any architecture in timm.list_models())")
+    check_name(name)
     kw = dict(pretrained=False, num_classes=int(num_classes), **kwargs)
     model = None
     if image_size is not None:

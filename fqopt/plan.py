@@ -131,8 +131,9 @@ class AllocationPlan:
         self.validate(units)
         lb = self.layer_bits()
         out = np.zeros(len(units), dtype=np.int64)
+        slices = units.unit_slices()
         for layer in units.layers:
-            sl = units.unit_slices()[layer.name]
+            sl = slices[layer.name]
             b = lb[layer.name]
             if units.granularity == "layer":
                 if len(set(b.tolist())) != 1:

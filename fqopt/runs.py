@@ -48,11 +48,7 @@ class Run:
             raise UserError(f"unknown dataset {dataset!r}; available: "
                             f"{', '.join(data.available())}")
         model = model or models.DEFAULT_MODEL
-        import timm
-
-        if not timm.is_model(model):
-            raise UserError(f"unknown model {model!r}; tested models: "
-                            f"{', '.join(models.SUPPORTED)} (or any timm architecture)")
+        models.check_name(model)
         options = dict(dataset_options or {})
         if image_size is not None:
             options["image_size"] = int(image_size)

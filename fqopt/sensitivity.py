@@ -222,7 +222,7 @@ def table_unit_set(table: SensitivityTable):
             order.setdefault(layer, []).append(i)
         for layer, idx in order.items():
             n = len(idx) if granularity == "channel" else 1
-            size = int(table.sizes[idx[0]]) if granularity == "channel" else int(table.sizes[idx[0]])
+            size = int(table.sizes[idx[0]])
             layers.append(LayerInfo(name=layer, kind="?", shape=(n, size),
                                     macs=int(macs_layer.get(layer, -1))))
     units = UnitSet(granularity=granularity, layers=layers,

@@ -66,8 +66,10 @@ def print_report(report, fmt: str, title: str | None = None) -> None:
     _ui.print_table(None, cols, grows)
 
 
-def load_plan_or_uniform(run, plan: str | None, uniform: int | None, granularity="layer"):
-    """An AllocationPlan from ``--plan FILE`` or ``--uniform B`` (pins respected), or None."""
+def load_plan_or_uniform(run, model, plan: str | None, uniform: int | None,
+                         granularity="layer"):
+    """An AllocationPlan from ``--plan FILE`` or ``--uniform B`` (pins respected) checked
+    against ``model`` (the run's loaded model), or None."""
     if plan is not None and uniform is not None:
         raise click.UsageError("give --plan or --uniform, not both")
     if plan is None and uniform is None:
@@ -75,7 +77,6 @@ def load_plan_or_uniform(run, plan: str | None, uniform: int | None, granularity
     from fqopt.plan import AllocationPlan
     from fqopt.units import discover_units
 
-    model = run.model()
     if plan is not None:
         p = AllocationPlan.load(plan)
         p.validate(discover_units(model, p.granularity, pin="none"), model=run.model_name)

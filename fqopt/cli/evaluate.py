@@ -30,8 +30,8 @@ def command(run_dir, plan, uniform, split, quantizer, bootstrap, out, fmt):
     from fqopt.runs import Run
 
     run = Run.open(run_dir)
-    p = load_plan_or_uniform(run, plan, uniform)
     model = run.model()
+    p = load_plan_or_uniform(run, model, plan, uniform)
     ds = run.dataset()
     with _ui.RichProgress(transient=True) as cb:
         rep = evaluate(model, ds, split, plan=p, quantizer=quantizer, bootstrap=bootstrap,
