@@ -52,11 +52,13 @@ class RichProgress:
         self._tasks: dict[str, int] = {}
 
     def __enter__(self):
-        self._progress.start()
+        if self._live:  # a stopped live display prints a newline even when it drew nothing
+            self._progress.start()
         return self
 
     def __exit__(self, *exc):
-        self._progress.stop()
+        if self._live:
+            self._progress.stop()
         return False
 
     def __call__(self, stage: str, done: int, total: int | None = None, **info) -> None:
