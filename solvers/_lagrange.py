@@ -12,8 +12,10 @@ x (weak duality), so any evaluated ``D`` is a certified lower bound; its maximum
 relaxation, whose optimum has at most G + 1 fractional units, so the gap vanishes as U ≫ G.
 
 Dual: Kelley's cutting-plane method over ``(w, μ)`` — each oracle call yields the cut
-``D(w', μ') ≤ w'·C(x) + μ'·(usage(x) − cap)``, and the master LP (G + 2 variables) proposes the
-next point. The cuts do not depend on the budget, so the budgets of a ladder share them.
+``D(w', μ') ≤ w'·C(x) + μ'·(usage(x) − cap)``, and the master LP (G + 2 variables, one
+persistent HiGHS model re-solved from its last basis) proposes the next point. The cuts depend
+on neither the budget nor the objective, so a ladder's budgets and a search's trials on one
+table share them.
 
 Primal: the minimiser at the best ``(w, μ)`` with μ raised (bisection) until the budget holds,
 then a local search over single moves and pairs of moves drawn from the moves of smallest
@@ -23,11 +25,15 @@ the true objective.
 
 from __future__ import annotations
 
+import copy
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 
+from fqopt.solvers._highs import new_highs
 from fqopt.solvers._problem import ReducedProblem
 from fqopt.solvers._registry import Solver, register_solver
 from fqopt.solvers._result import Solution
@@ -61,6 +67,12 @@ class _Scaled:
         self.mu_max = float((spread[pos] / step[pos]).max() * (1 + 1e-6) + 1e-12) \
             if pos.any() else 0.0
 
+    def rebind(self, red: ReducedProblem) -> "_Scaled":
+        """The same arrays for another member of ``red``'s family (objective, budget)."""
+        other = copy.copy(self)
+        other.red, other.obj = red, red.objective
+        return other
+
     @property
     def cap(self) -> float:
         return self.red.free_cap / self.nu
@@ -93,26 +105,54 @@ class _Scaled:
         return float(s.min(axis=1).sum() + w @ red.base_costs - mu_o * red.free_cap)
 
 
-def _master(sc: _Scaled, cuts: list, linprog):
-    """Maximise the cutting-plane model over W × [0, μ_max]: returns (w, μ, model value)."""
-    G = sc.G
-    Cs = np.array([c for c, _ in cuts])
-    us = np.array([u for _, u in cuts])
-    A = np.hstack([-Cs, -(us - sc.cap)[:, None], np.ones((len(cuts), 1))])
-    obj = np.zeros(G + 2)
-    obj[-1] = -1.0
-    bounds = [(float(a), float(b)) for a, b in zip(sc.obj.lo, sc.obj.hi)]
-    bounds += [(0.0, sc.mu_max), (None, None)]
-    res = linprog(obj, A_ub=A, b_ub=np.zeros(len(cuts)),
-                  A_eq=np.r_[np.ones(G), 0.0, 0.0][None, :], b_eq=[1.0], bounds=bounds,
-                  method="highs", options={"primal_feasibility_tolerance": 1e-10,
-                                           "dual_feasibility_tolerance": 1e-10})
-    if res.status != 0:  # pragma: no cover - numerical trouble; caller stops the dual
-        return None
-    return res.x[:G], float(res.x[G]), -float(res.fun)
+class _Master:
+    """The cutting-plane model of the dual as one persistent HiGHS LP over ``(w, μ, t)``:
+
+        maximise t − cap·μ   s.t.  t ≤ w·C_i + μ·u_i  (every cut i),  Σw = 1,
+                                   w ∈ [lo, hi],  0 ≤ μ ≤ μ_max
+
+    (normalised units). A cut ``(C(x), u(x))`` comes from any minimiser x and holds for every
+    objective and budget, so one model serves a problem's whole family: a new budget changes
+    μ's cost, a new objective w's bounds, and HiGHS re-solves from the previous basis.
+    """
+
+    def __init__(self, num_groups: int, max_cuts: int = 400):
+        import highspy
+
+        G = self.G = num_groups
+        self.inf = highspy.kHighsInf
+        self.h = new_highs(primal_feasibility_tolerance=1e-10,
+                           dual_feasibility_tolerance=1e-10)
+        self.idx = np.arange(G + 2, dtype=np.int32)
+        self.h.addVars(G + 2, np.r_[np.zeros(G + 1), -self.inf], np.r_[np.ones(G + 1), self.inf])
+        self.h.addRow(1.0, 1.0, G, self.idx[:G], np.ones(G))
+        self.h.changeColCost(G + 1, -1.0)
+        self.cuts = 0
+        self.max_cuts = max_cuts
+
+    def add(self, C: np.ndarray, u: float) -> None:
+        if self.cuts >= self.max_cuts:  # drop the oldest half (row 0 is Σw = 1)
+            drop = self.cuts // 2
+            self.h.deleteRows(drop, np.arange(1, drop + 1, dtype=np.int32))
+            self.cuts -= drop
+        self.h.addRow(-self.inf, 0.0, self.G + 2, self.idx, np.r_[-C, -u, 1.0])
+        self.cuts += 1
+
+    def solve(self, lo, hi, mu_max: float, cap: float):
+        """``(w, μ, model value)`` maximising the model over W × [0, μ_max], or None."""
+        import highspy
+
+        G, h = self.G, self.h
+        h.changeColsBounds(G + 1, self.idx[:G + 1], np.r_[lo, 0.0], np.r_[hi, mu_max])
+        h.changeColCost(G, cap)
+        h.run()
+        if h.getModelStatus() != highspy.HighsModelStatus.kOptimal:  # pragma: no cover
+            return None
+        x = np.asarray(h.getSolution().col_value)
+        return x[:G], float(x[G]), float(x[G + 1] - cap * x[G])
 
 
-def _budget_mu(sc: _Scaled, s0: np.ndarray, mu_hint: float, steps: int = 60
+def _budget_mu(sc: _Scaled, s0: np.ndarray, mu_hint: float, steps: int = 30
                ) -> tuple[np.ndarray, float]:
     """The smallest μ ≥ 0 (to bisection precision) at which the minimiser of ``s0 + μ·usage``
     fits the budget, and that minimiser."""
@@ -182,7 +222,11 @@ def improve(sc: _Scaled, x: np.ndarray, rho: np.ndarray, *, pool: int = 4000,
             x[vv[j]] = kk[j]
             moves += 1
             continue
-        o = np.argsort(flat[idx], kind="stable")[:M]
+        if M == 0:
+            break
+        r = flat[idx]
+        o = np.argpartition(r, M - 1)[:M] if M < r.size else np.arange(r.size)
+        o = o[np.argsort(r[o], kind="stable")]
         pf = obj(C + dC[o][:, None, :] + dC[o][None, :, :])
         ok = ((dU[o][:, None] + dU[o][None, :] <= slack) & (pf < f0 - eps)
               & (vv[o][:, None] != vv[o][None, :]))
@@ -225,26 +269,43 @@ class LagrangeSolver(Solver):
     max_iter: oracle calls of the dual.
     pool, pair_pool: moves of smallest reduced cost searched singly and in pairs by the local
         search; max_rounds: its moves.
-    warm_start: keep the cuts between solves of one problem at different budgets.
+    warm_start: keep the master LP and its cuts between solves of one problem family (any
+        budget, any objective: :meth:`AllocationProblem.with_objective`).
     """
 
     tol: float = 1e-7
     max_iter: int = 200
     pool: int = 4000
-    pair_pool: int = 300
+    pair_pool: int = 60
     max_rounds: int = 400
     warm_start: bool = True
-    _cache: dict = field(default_factory=dict, init=False, repr=False)
+    _cache: OrderedDict = field(default_factory=OrderedDict, init=False, repr=False)
 
     exact = False
+    #: problem families (same costs, any objective or budget) whose master LP is kept
+    cache_families: ClassVar[int] = 8
+
+    def _family(self, red) -> list:
+        """``[scaled problem, master LP]`` of ``red``'s family, kept between solves (fresh
+        without warm starts)."""
+        if not self.warm_start:
+            sc = _Scaled(red)
+            return [sc, _Master(sc.G)]
+        key = red.family if red.family is not None else red.token
+        state = self._cache.get(key)
+        if state is None:
+            sc = _Scaled(red)
+            state = self._cache[key] = [sc, _Master(sc.G)]
+            while len(self._cache) > self.cache_families:
+                self._cache.popitem(last=False)
+        self._cache.move_to_end(key)
+        return state
 
     def _solve(self, red, deadline) -> Solution:
-        from scipy.optimize import linprog
-
         t0 = time.perf_counter()
-        sc = _Scaled(red)
-        cuts, w_prev = self._cache.get(red.token, ([], None)) if self.warm_start else ([], None)
-        cuts = list(cuts)
+        state = self._family(red)
+        sc, master = state[0].rebind(red), state[1]
+        obj = sc.obj
         best_val, best_w, best_mu = -_INF, sc.center(), 0.0
         iters = 0
 
@@ -252,16 +313,17 @@ class LagrangeSolver(Solver):
             nonlocal best_val, best_w, best_mu, iters
             iters += 1
             val, C, u, _ = sc.oracle(w, mu)
-            cuts.append((C, u))  # no cap inside: a cut stays valid at every budget
+            master.add(C, u)  # no cap, no objective inside: the cut holds for the whole family
             if val > best_val:
                 best_val, best_w, best_mu = val, w, mu
 
-        # the two sides of the budget crossing at the centre of W, or, in a ladder, at the
-        # previous budget's best w (the old cuts describe the dual far from the new μ)
-        w = sc.center() if w_prev is None else w_prev
-        _, mu = _budget_mu(sc, sc.scores(w), 1.0, steps=25)  # a starting point: coarse will do
-        evaluate(w, mu)
-        evaluate(w, mu * 0.999)
+        # a cold family starts from the two sides of the budget crossing at the centre of W; a
+        # warm one from its master LP, whose cuts (other budgets, other objectives) still hold
+        if master.cuts == 0:
+            w = sc.center()
+            _, mu = _budget_mu(sc, sc.scores(w), 1.0, steps=25)  # a start: coarse will do
+            evaluate(w, mu)
+            evaluate(w, mu * 0.999)
         timed_out = False
         ub = _INF
         stall, last_ub = 0, _INF
@@ -269,7 +331,7 @@ class LagrangeSolver(Solver):
             if deadline is not None and time.perf_counter() > deadline:
                 timed_out = True
                 break
-            m = _master(sc, cuts, linprog)
+            m = master.solve(obj.lo, obj.hi, sc.mu_max, sc.cap)
             if m is None:
                 break
             w, mu, ub = m
@@ -280,8 +342,6 @@ class LagrangeSolver(Solver):
                 break
             last_ub = ub
             evaluate(w, mu)
-        if self.warm_start:
-            self._cache = {red.token: (cuts[-500:], best_w)}  # one problem's work at a time
         t_dual = time.perf_counter() - t0
 
         # primal: budget-feasible minimiser at the best multipliers, then local search
@@ -301,7 +361,7 @@ class LagrangeSolver(Solver):
                 "moves": moves, "first_objective": f_first * sc.sigma,
                 "model_bound": None if not np.isfinite(ub) else ub * sc.sigma,
                 "w": w_star.round(6).tolist(), "mu": best_mu * sc.sigma / sc.nu,
-                "cuts": len(cuts)}
+                "cuts": master.cuts}
         if timed_out:
             info["timed_out"] = True
         return Solution(status, x, bound, info)

@@ -11,14 +11,13 @@ cvxpy is imported only here, when the back-end runs.
 
 from __future__ import annotations
 
-import os
-import sys
 import time
 import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from fqopt.solvers._highs import silence_banner
 from fqopt.solvers._registry import Solver, register_solver
 from fqopt.solvers._result import Solution
 
@@ -32,29 +31,6 @@ class _Compiled:
     ks: np.ndarray
     sigma: float
     nu: float
-
-
-_BANNER_SILENCED = False
-
-
-def _silence_highs_banner() -> None:
-    """HiGHS prints a banner to the C stdout when its first instance is created; create that
-    instance with fd 1 on /dev/null so that stdout stays data (``--format json``)."""
-    global _BANNER_SILENCED
-    if _BANNER_SILENCED:
-        return
-    import highspy
-
-    sys.stdout.flush()
-    saved, null = os.dup(1), os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(null, 1)
-        highspy.Highs()
-    finally:
-        os.dup2(saved, 1)
-        os.close(saved)
-        os.close(null)
-    _BANNER_SILENCED = True
 
 
 @register_solver("milp")
@@ -103,7 +79,7 @@ class MilpSolver(Solver):
         import cvxpy as cp
 
         t0 = time.perf_counter()
-        _silence_highs_banner()
+        silence_banner()
         comp = self._compiled.get(red.token)
         if comp is None:
             comp = self._build(red)

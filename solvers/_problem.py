@@ -132,14 +132,19 @@ class Objective:
         lo, hi = self.lo, self.hi
         if self.is_linear:
             return lo.copy()
-        a, b = float((w - hi).min()) - 1.0, float((w - lo).max()) + 1.0
-        for _ in range(100):  # Σ clip(w − τ, lo, hi) is non-increasing in τ
-            tau = 0.5 * (a + b)
-            if np.clip(w - tau, lo, hi).sum() > 1.0:
-                a = tau
-            else:
-                b = tau
-        p = np.clip(w - 0.5 * (a + b), lo, hi)
+        w = np.asarray(w, dtype=np.float64)
+        # s(τ) = Σ clip(w − τ, lo, hi) is piecewise linear and non-increasing in τ, with kinks
+        # at w − hi and w − lo; s(first kink) = Σhi ≥ 1 ≥ Σlo = s(last kink). Find s(τ) = 1.
+        kinks = np.sort(np.r_[w - hi, w - lo])
+        s = np.clip(w[None, :] - kinks[:, None], lo, hi).sum(axis=1)
+        j = int(np.count_nonzero(s >= 1.0)) - 1
+        if j < 0:
+            tau = kinks[0]
+        elif j >= kinks.size - 1 or s[j] == s[j + 1]:
+            tau = kinks[j]
+        else:
+            tau = kinks[j] + (s[j] - 1.0) / (s[j] - s[j + 1]) * (kinks[j + 1] - kinks[j])
+        p = np.clip(w - tau, lo, hi)
         # remove the last float residue on a coordinate with room, keeping lo ≤ p ≤ hi
         r = 1.0 - p.sum()
         room = (hi - p) if r > 0 else (p - lo)
@@ -158,7 +163,9 @@ class ReducedProblem:
     ``[V, K]`` (= summed budget weight × bits). ``base_costs`` ``[G]`` and ``base_usage`` belong
     to fixed units. A choice ``k`` ``[V]`` (index into ``bits``) is feasible iff it is allowed
     and ``base_usage + Σ_v usage[v, k_v] ≤ cap``. ``token`` is shared by every budget of one
-    problem, so back-ends can keep work between the budgets of a ladder.
+    problem, so back-ends can keep work between the budgets of a ladder; ``family`` is shared
+    also by the problem's other objectives (:meth:`AllocationProblem.with_objective`): same
+    costs, usage and allowed choices.
     """
 
     costs: np.ndarray
@@ -173,6 +180,7 @@ class ReducedProblem:
     sizes: np.ndarray                  # [V] weights per super-unit
     counts: np.ndarray                 # [V] units per super-unit
     scores: np.ndarray | None = None   # [V] importance scores (size-weighted mean), if given
+    family: object = None
 
     @property
     def num_units(self) -> int:
@@ -362,9 +370,22 @@ class AllocationProblem:
 
     def with_budget(self, value: float) -> "AllocationProblem":
         """The same problem at another budget; shares the reduction (and solvers' warm starts)."""
-        self.reduced()  # build the shared reduction once, before copying
+        self.reduced()  # build the shared reduction (and cost scale) once, before copying
+        self.cost_scale  # noqa: B018 - cached on self, shared by the copy
         other = copy.copy(self)
         other._set_budget(value)
+        return other
+
+    def with_objective(self, spec: str) -> "AllocationProblem":
+        """The same problem with another objective (see :class:`Objective`); shares the
+        reduction's arrays, and the Lagrangian back-end's cuts, which hold for every objective."""
+        self.reduced()
+        self.cost_scale  # noqa: B018
+        other = copy.copy(self)
+        other.objective_fn = Objective.parse(spec, self.num_groups, self.group_counts)
+        other.objective = other.objective_fn.spec
+        other._reduced = dataclasses.replace(self._reduced, objective=other.objective_fn,
+                                             token=object())
         return other
 
     # ---------------------------------------------------------------- construction
@@ -599,7 +620,7 @@ class AllocationProblem:
             base_costs=np.asarray(base_costs, dtype=np.float64),
             base_usage=int((weights[fixed] * self.bits[fixed_k[fixed]]).sum()), cap=0,
             objective=self.objective_fn, token=object(), sizes=sizes[free].astype(np.int64),
-            counts=np.bincount(group_of, minlength=n)[free], scores=scores)
+            counts=np.bincount(group_of, minlength=n)[free], scores=scores, family=object())
 
     def reduced(self) -> ReducedProblem:
         """Ties merged, fixed units folded into constants (see :class:`ReducedProblem`)."""

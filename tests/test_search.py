@@ -468,14 +468,16 @@ def test_cli_pipeline_sigint_then_resume(srun, tmp_path):
     run, _ = _fresh(srun, tmp_path)
     db = run.path / "study.db"
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    args = [sys.executable, "-m", "fqopt", "search", "--run", str(run.path), "--trials", "40",
+    # far more trials than the resume asks for, so that the search is surely still running
+    # when the signal comes (a trial of the tiny run takes a fraction of a second)
+    args = [sys.executable, "-m", "fqopt", "search", "--run", str(run.path), "--trials", "1000",
             "--refine-top", "0", "--no-report"]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
                             text=True)
     deadline = time.monotonic() + 240
     done = 0
     while time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.5)
+        time.sleep(0.2)
         if db.is_file():
             try:
                 s = optuna.load_study(study_name="fqopt-test_resnet-channel",
@@ -491,7 +493,7 @@ def test_cli_pipeline_sigint_then_resume(srun, tmp_path):
     assert proc.returncode == 130 and "interrupted" in err
     s = optuna.load_study(study_name="fqopt-test_resnet-channel", storage=f"sqlite:///{db}")
     kept = {t.number: t.values for t in s.get_trials(states=(TrialState.COMPLETE,))}
-    assert len(kept) >= 3
+    assert 3 <= len(kept) < 40
     r = _cli("search", "--run", str(run.path), "--trials", "40", "--refine-top", "0",
              "--format", "json")
     assert r.returncode == 0, r.stderr
