@@ -169,6 +169,9 @@ class CpSatSolver(Solver):
         info = {"scale": float(sc.s), "rounding_error": float(sc.error),
                 "build_seconds": round(t_build, 6),
                 "cpsat_status": name, "warm_start": hint is not None}
+        if hint is not None:
+            info["hint_objective"] = red.value(hint.choice)
+            info["hint_timed_out"] = bool(hint.info.get("timed_out", False))
         base_lin = float(obj.lo @ red.base_costs)
         bound = None
         if np.isfinite(solver.best_objective_bound):

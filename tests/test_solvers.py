@@ -408,11 +408,14 @@ def test_cpsat_time_limit_is_honoured():
     assert res.status in ("feasible", "timeout", "optimal")
     if res.ok:
         p.check_feasible(res.assignment)
-    # warm-started, the lagrange hint is the incumbent: never worse, never without a plan
+    # warm-started, the lagrange hint is the incumbent: never worse, never without a plan (the
+    # hint shares the time limit, so under load it may be cut short: compare with the hint)
     hinted = solve(p, "cpsat", time_limit=4, warm_start=True)
+    assert hinted.ok and hinted.objective <= hinted.info["hint_objective"] * (1 + 1e-12)
     lag = solve(p, "lagrange")
-    assert hinted.ok and hinted.objective <= lag.objective * (1 + 1e-12)
-    assert hinted.bound >= lag.bound - 1e-9 * abs(lag.bound)
+    if not hinted.info["hint_timed_out"]:  # the hint had all the time it wanted: lagrange's plan
+        assert hinted.info["hint_objective"] == pytest.approx(lag.objective, rel=1e-12)
+        assert hinted.bound >= lag.bound - 1e-9 * abs(lag.bound)
 
 
 def test_exhaustive_refuses_large_instances():
