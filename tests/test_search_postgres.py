@@ -97,4 +97,5 @@ def test_two_workers_share_one_study(tiny_run, tmp_path, fresh_database):
         assert {"plan", "report", "seconds", "fqopt:worker"} <= set(t.user_attrs)
         assert t.values[1] == t.user_attrs["report"]["worst_acc"]
     # both workers did part of the work
-    assert len({t.user_attrs["fqopt:worker"] for t in complete}) == 2
+    per_worker = collections.Counter(t.user_attrs["fqopt:worker"] for t in complete)
+    assert len(per_worker) == 2, per_worker
