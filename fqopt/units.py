@@ -8,6 +8,7 @@ Pinned layers (default: the stem conv and the classifier head, at 8 bits) keep a
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 
@@ -38,7 +39,7 @@ class LayerInfo:
 
     @property
     def numel(self) -> int:
-        return int(np.prod(self.shape))
+        return math.prod(self.shape)
 
     @property
     def per_channel(self) -> int:

@@ -152,7 +152,7 @@ class _Master:
         return x[:G], float(x[G]), float(x[G + 1] - cap * x[G])
 
 
-def _budget_mu(sc: _Scaled, s0: np.ndarray, mu_hint: float, steps: int = 30
+def _budget_mu(sc: _Scaled, s0: np.ndarray, mu_hint: float, steps: int = 24
                ) -> tuple[np.ndarray, float]:
     """The smallest μ ≥ 0 (to bisection precision) at which the minimiser of ``s0 + μ·usage``
     fits the budget, and that minimiser."""
