@@ -50,7 +50,7 @@ def fresh_dataset(run, n: int, seed: int):
     opts = spec.get("options", {})
     if int(opts.get("seed", 0)) == seed:
         raise UserError(f"--fresh-seed {seed} is the run's own dataset seed; pick another")
-    return load_synthderm(n=n, image_size=run.image_size, seed=seed,
+    return load_synthderm(n=n, image_size=run.image_size, seed=seed, holdout=0,
                           grouping=opts.get("grouping", "type6"))
 
 

@@ -11,16 +11,20 @@ The loop, per process (every worker runs the same code on the same study):
 
 Several workers on one storage therefore finish together with exactly ``n_trials`` complete
 trials, each seed run once; ``--trials`` is the study's total, so ``--trials 100`` after an
-interrupted ``--trials 100`` runs only the missing ones.
+interrupted ``--trials 100`` runs only the missing ones. Ctrl-C stops the loop once the running
+trial is stored (a second Ctrl-C at once); a killed process loses its running trial only.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import random
+import signal
 import socket
+import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -276,7 +280,42 @@ def run(run, tables, *, n_trials: int = DEFAULT_TRIALS, storage: str | None = No
     if not created:
         # a resumed run re-enqueues the seeds lost with interrupted trials
         reconcile_seeds(study, seed_list, n_trials)
-    while True:
+    with _stop_between_trials() as interrupted:
+        _optimize(study, objective, n_trials, seed_list, timeout, started, callback, interrupted)
+    if callback is not None:
+        counts = count_states(study)
+        callback("search", counts["complete"], int(n_trials), running=counts["running"])
+    study.set_user_attr("fqopt:n_trials", int(max(n_trials, study.user_attrs.get(
+        "fqopt:n_trials", 0))))
+    return study
+
+
+@contextlib.contextmanager
+def _stop_between_trials():
+    """Ctrl-C (SIGINT) during the trials stops the search after the running trial, so that no
+    storage write is cut in half (Optuna's own tell is not safe against KeyboardInterrupt);
+    a second Ctrl-C stops at once. Yields a list that holds True once interrupted."""
+    interrupted: list = []
+    if threading.current_thread() is not threading.main_thread():
+        yield interrupted
+        return
+
+    def handler(signum, frame):
+        if interrupted:
+            raise KeyboardInterrupt
+        interrupted.append(True)
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield interrupted
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if interrupted:
+        raise KeyboardInterrupt
+
+
+def _optimize(study, objective, n_trials, seed_list, timeout, started, callback, interrupted):
+    while not interrupted:
         if timeout is not None and time.monotonic() - started >= timeout:
             break
         counts = count_states(study)
@@ -295,12 +334,6 @@ def run(run, tables, *, n_trials: int = DEFAULT_TRIALS, storage: str | None = No
         study.optimize(objective, n_trials=1, catch=())
         if objective.last_skip == "surplus":
             time.sleep(random.uniform(0.2, 1.0))  # lost a race for the last slot
-    if callback is not None:
-        counts = count_states(study)
-        callback("search", counts["complete"], int(n_trials), running=counts["running"])
-    study.set_user_attr("fqopt:n_trials", int(max(n_trials, study.user_attrs.get(
-        "fqopt:n_trials", 0))))
-    return study
 
 
 def complete_trials(study) -> list:

@@ -490,7 +490,7 @@ def test_cli_pipeline_sigint_then_resume(srun, tmp_path):
     assert proc.poll() is None, proc.communicate()
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130 and "interrupted" in err
+    assert proc.returncode == 130 and "interrupted" in err, (proc.returncode, err[-2000:])
     s = optuna.load_study(study_name="fqopt-test_resnet-channel", storage=f"sqlite:///{db}")
     kept = {t.number: t.values for t in s.get_trials(states=(TrialState.COMPLETE,))}
     assert 3 <= len(kept) < 40

@@ -44,7 +44,7 @@ def test_darker_tones_have_lower_lesion_contrast():
 
 
 def test_splits_partition_and_stratify():
-    ds = data.load("synthderm", n=2000, image_size=8)
+    ds = data.load("synthderm", n=2000, image_size=8, holdout=0)
     idx = np.concatenate([ds.split(s) for s in data.SPLITS])
     assert sorted(idx.tolist()) == list(range(len(ds)))
     total = ds.counts()
@@ -52,6 +52,27 @@ def test_splits_partition_and_stratify():
     # every label x group stratum with enough samples is split about 60/20/20
     big = total >= 20
     assert np.all(np.abs(test[big] / total[big] - 0.2) < 0.06)
+
+
+def test_holdout_images_go_to_search_and_test_only():
+    """The default adds n held-out images (half to search, half to test); the first n images
+    and the training split are those of holdout=0, and the held-out ones are new draws."""
+    base = data.load("synthderm", n=300, image_size=8, holdout=0)
+    ds = data.load("synthderm", n=300, image_size=8)
+    assert len(ds) == 600 and ds.info["holdout"] == 300
+    assert np.array_equal(ds.images[:300], base.images)
+    assert np.array_equal(ds.split("train"), base.split("train"))
+    idx = np.concatenate([ds.split(s) for s in data.SPLITS])
+    assert sorted(idx.tolist()) == list(range(600))
+    for name in ("search", "test"):
+        new = ds.split(name)[ds.split(name) >= 300]
+        assert len(new) == 150
+        assert np.array_equal(ds.split(name)[ds.split(name) < 300], base.split(name))
+    # independent draws, not copies, with every tone present
+    assert not any(np.array_equal(ds.images[300 + i], base.images[i]) for i in range(20))
+    assert len(np.unique(ds.groups[300:])) == 6
+    with pytest.raises(UserError, match="holdout"):
+        data.load("synthderm", n=300, image_size=8, holdout=-1)
 
 
 def test_light_dark_grouping_and_errors():

@@ -152,13 +152,15 @@ def _render(rng, labels, tones, size):
     return np.clip(img, 0, 1)
 
 
-def generate(n: int = DEFAULT_SAMPLES, image_size: int = DEFAULT_IMAGE_SIZE, seed: int = 0):
-    """``(images uint8 [n, H, W, 3], labels [n], groups [n])``, deterministic from ``seed``."""
+def generate(n: int = DEFAULT_SAMPLES, image_size: int = DEFAULT_IMAGE_SIZE, seed: int = 0,
+             stream: int = 0):
+    """``(images uint8 [n, H, W, 3], labels [n], groups [n])``, deterministic from ``seed``;
+    ``stream`` > 0 draws an independent sample from the same distribution (held-out images)."""
     if n < 12:
         raise UserError(f"synthderm needs at least 12 samples, got n={n}")
     if not 8 <= image_size <= 512:
         raise UserError(f"synthderm image_size must be in 8-512 px, got {image_size}")
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(seed if stream == 0 else [seed, stream])
     labels = rng.choice(len(CLASS_NAMES), size=n, p=CLASS_PREVALENCE)
     groups = rng.choice(len(GROUP_NAMES), size=n, p=TONE_PREVALENCE)
     images = np.empty((n, image_size, image_size, 3), dtype=np.uint8)
@@ -171,10 +173,28 @@ def generate(n: int = DEFAULT_SAMPLES, image_size: int = DEFAULT_IMAGE_SIZE, see
 
 def load_synthderm(n: int = DEFAULT_SAMPLES, image_size: int = DEFAULT_IMAGE_SIZE, seed: int = 0,
                    fractions=DEFAULT_FRACTIONS, split_seed: int | None = None,
-                   grouping: str = "type6") -> SynthDerm:
-    """Generate synthderm. ``grouping``: ``type6`` (I..VI) or ``light_dark`` (I-III vs IV-VI)."""
+                   grouping: str = "type6", holdout: int | None = None) -> SynthDerm:
+    """Generate synthderm. ``grouping``: ``type6`` (I..VI) or ``light_dark`` (I-III vs IV-VI).
+
+    The ``n`` images are split train/search/test by ``fractions`` (stratified by label x
+    group). ``holdout`` more images (default: ``n``), drawn independently from the same
+    generator, are added half to the search and half to the test split, never to training:
+    synthetic images cost nothing, and with Fitzpatrick17k's prevalence the darkest group would
+    otherwise be judged on ~65 search and ~65 test images (one image = 1.5 points of accuracy)
+    when the search picks plans and when its front is tested. The first ``n`` images and their
+    splits do not depend on ``holdout``.
+    """
     n, image_size, seed = int(n), int(image_size), int(seed)
+    holdout = n if holdout is None else int(holdout)
+    if holdout < 0:
+        raise UserError(f"synthderm holdout must be a non-negative number of images, got "
+                        f"{holdout}")
     images, labels, groups = generate(n, image_size, seed)
+    if holdout:
+        h_images, h_labels, h_groups = generate(max(holdout, 12), image_size, seed, stream=1)
+        images = np.concatenate([images, h_images[:holdout]])
+        labels = np.concatenate([labels, h_labels[:holdout]])
+        groups = np.concatenate([groups, h_groups[:holdout]])
     if grouping == "type6":
         group_names = list(GROUP_NAMES)
     elif grouping == "light_dark":
@@ -183,11 +203,16 @@ def load_synthderm(n: int = DEFAULT_SAMPLES, image_size: int = DEFAULT_IMAGE_SIZ
     else:
         raise UserError(f"unknown synthderm grouping {grouping!r}; expected type6 or light_dark")
     split_seed = seed if split_seed is None else int(split_seed)
-    splits = stratified_split(labels, groups, fractions=fractions, seed=split_seed)
+    splits = stratified_split(labels[:n], groups[:n], fractions=fractions, seed=split_seed)
+    if holdout:
+        extra = n + np.arange(holdout)
+        half = holdout // 2
+        splits = dict(splits, search=np.concatenate([splits["search"], extra[:half]]),
+                      test=np.concatenate([splits["test"], extra[half:]]))
     return SynthDerm(images, name="synthderm", class_names=CLASS_NAMES, group_names=group_names,
                      labels=labels, groups=groups, image_size=image_size, attribute="skin_type",
                      splits=splits,
-                     info={"generator": "synthderm", "n": n, "seed": seed,
+                     info={"generator": "synthderm", "n": n, "holdout": holdout, "seed": seed,
                            "grouping": grouping, "split": {"rule": "stratified label x group",
                                                            "fractions": list(fractions),
                                                            "seed": split_seed}})
