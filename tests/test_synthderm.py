@@ -73,6 +73,9 @@ def test_holdout_images_go_to_search_and_test_only():
     assert len(np.unique(ds.groups[300:])) == 6
     with pytest.raises(UserError, match="holdout"):
         data.load("synthderm", n=300, image_size=8, holdout=-1)
+    for key, value in (("holdout", "abc"), ("n", "1e3x"), ("seed", 1.5)):
+        with pytest.raises(UserError, match=f"option {key} must be a whole number"):
+            data.load("synthderm", image_size=8, **{key: value})
 
 
 def test_light_dark_grouping_and_errors():

@@ -171,6 +171,17 @@ def generate(n: int = DEFAULT_SAMPLES, image_size: int = DEFAULT_IMAGE_SIZE, see
     return images, labels.astype(np.int64), groups.astype(np.int64)
 
 
+def _whole(name: str, value) -> int:
+    """An integer option (the CLI passes ``--data-option`` values as text)."""
+    try:
+        out = int(value)
+    except (TypeError, ValueError):
+        out = None
+    if out is None or (isinstance(value, float) and value != out):
+        raise UserError(f"synthderm option {name} must be a whole number, got {value!r}")
+    return out
+
+
 def load_synthderm(n: int = DEFAULT_SAMPLES, image_size: int = DEFAULT_IMAGE_SIZE, seed: int = 0,
                    fractions=DEFAULT_FRACTIONS, split_seed: int | None = None,
                    grouping: str = "type6", holdout: int | None = None) -> SynthDerm:
@@ -184,8 +195,9 @@ def load_synthderm(n: int = DEFAULT_SAMPLES, image_size: int = DEFAULT_IMAGE_SIZ
     when the search picks plans and when its front is tested. The first ``n`` images and their
     splits do not depend on ``holdout``.
     """
-    n, image_size, seed = int(n), int(image_size), int(seed)
-    holdout = n if holdout is None else int(holdout)
+    n, image_size, seed = (_whole("n", n), _whole("image_size", image_size),
+                           _whole("seed", seed))
+    holdout = n if holdout is None else _whole("holdout", holdout)
     if holdout < 0:
         raise UserError(f"synthderm holdout must be a non-negative number of images, got "
                         f"{holdout}")
