@@ -5,7 +5,8 @@
 - :func:`make_isic2019`: ``ISIC_2019_Training_GroundTruth.csv`` (one-hot ``0.0``/``1.0``),
   ``ISIC_2019_Training_Metadata.csv`` and ``ISIC_2019_Training_Input/<image>.jpg``, with
   ``_downsampled`` ids, lesions of several images, empty sex / age / lesion_id;
-- :func:`make_image_csv`: a folder of images and a ``path,label,group`` CSV.
+- :func:`make_image_csv`: a folder of images and a ``path,label,group`` CSV;
+- :class:`Tiny`: a hand-countable model that is not a timm architecture.
 
 Each returns a record of what it wrote (paths, rows, which rows are unknown or missing) so
 tests can compute expectations independently of the loaders. Images are real JPEG files written
@@ -20,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
+from torch import nn
 
 #: (label, nine_partition_label, three_partition_label), in no particular order
 CONDITIONS = (
@@ -223,3 +226,18 @@ def make_image_csv(root, *, n: int = 40, labels=("dog", "cat", "bird"), groups=(
                [[r["path"], r["label"], r["group"]] for r in rows])
     return ImageCsvFixture(root, csv_path, rows,
                            missing=[rows[i]["path"] for i in sorted(missing_idx)])
+
+
+class Tiny(nn.Module):
+    """A hand-countable model: conv (stride 2, bias) -> BN -> depthwise conv -> linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, stride=2, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.dw = nn.Conv2d(8, 8, 3, padding=1, groups=8, bias=False)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head = nn.Linear(8, 5)
+
+    def forward(self, x):
+        return self.head(self.pool(self.dw(torch.relu(self.bn(self.stem(x))))).flatten(1))

@@ -17,6 +17,7 @@ from fqopt.packed import (FORMAT, export, load_quantized, pack_codes, read_expor
 from fqopt.plan import AllocationPlan
 from fqopt.quantizers import fake_quantize
 from fqopt.units import discover_units, quantizable_layers
+from tests.fixtures import Tiny
 
 
 def _randomize_state(m: nn.Module, seed: int = 0) -> nn.Module:
@@ -469,23 +470,9 @@ def test_cli_bad_inputs_exit_2_with_one_line(cli_run, capsys, tmp_path, vit):
     bad("export", "--run", run.path, "--out", tmp_path / "x.safetensors")  # no plan
 
 
-class _Tiny(nn.Module):
-    """Not a timm model: conv -> BN -> depthwise conv (9 weights per channel) -> linear."""
-
-    def __init__(self):
-        super().__init__()
-        self.stem = nn.Conv2d(3, 8, 3, stride=2, padding=1)
-        self.bn = nn.BatchNorm2d(8)
-        self.dw = nn.Conv2d(8, 8, 3, padding=1, groups=8, bias=False)
-        self.head = nn.Linear(8, 5)
-
-    def forward(self, x):
-        return self.head(self.dw(torch.relu(self.bn(self.stem(x)))).mean(dim=(2, 3)))
-
-
 def test_model_that_is_not_from_timm(tmp_path):
     torch.manual_seed(4)
-    model = _randomize_state(_Tiny())
+    model = _randomize_state(Tiny())
     units = discover_units(model, "channel", pin="none")
     plan = AllocationPlan.from_unit_bits(
         units, np.random.default_rng(4).integers(2, 9, size=len(units)), model="tiny")
@@ -493,7 +480,7 @@ def test_model_that_is_not_from_timm(tmp_path):
     export(model, plan, path)
     assert read_export(path).model_name == "tiny"
     _expect_user_error(load_quantized, path, "not a timm architecture")
-    loaded = load_quantized(path, model=_Tiny())
+    loaded = load_quantized(path, model=Tiny())
     x = _x(8)
     with torch.no_grad():
         assert torch.allclose(loaded(x), _fq_outputs(model, plan, x), rtol=0, atol=1e-5)

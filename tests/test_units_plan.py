@@ -12,27 +12,13 @@ from torch import nn
 from fqopt.errors import UserError
 from fqopt.plan import SCHEMA, AllocationPlan
 from fqopt.units import discover_units, parse_unit_name
+from tests.fixtures import Tiny
 
 
 @pytest.fixture(scope="module")
 def resnet():
     torch.manual_seed(0)
     return timm.create_model("test_resnet", num_classes=4).eval()
-
-
-class Tiny(nn.Module):
-    """A hand-countable model: conv (stride 2, bias) -> BN -> depthwise conv -> linear."""
-
-    def __init__(self):
-        super().__init__()
-        self.stem = nn.Conv2d(3, 8, 3, stride=2, padding=1)
-        self.bn = nn.BatchNorm2d(8)
-        self.dw = nn.Conv2d(8, 8, 3, padding=1, groups=8, bias=False)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.head = nn.Linear(8, 5)
-
-    def forward(self, x):
-        return self.head(self.pool(self.dw(torch.relu(self.bn(self.stem(x))))).flatten(1))
 
 
 def _layers(model):
