@@ -1,6 +1,7 @@
 """Fidelity of the sensitivity tables: predicted vs measured per-group loss rise.
 
     .venv/bin/python benchmarks/fidelity.py [--run runs/bench] [--plans 60] [--calib 1024]
+        [--seed 0] [--plan-bits 2,3,4,6,8] [--methods fisher,...,measured@eval]
 
 Profiles the run's FP model at layer granularity with every method (calibration: up to
 ``--calib`` train samples, stratified by group), draws ``--plans`` random layer-granularity plans
@@ -9,6 +10,11 @@ pinned at 8 as the solvers do, or every layer free with ``--pin none``), measure
 mean cross-entropy rise on the held-out **search** split under each plan (fake quantization in
 place), and reports per group the Spearman rank correlation between the predicted
 ``C_g = Σ_u costs[u, g, x_u]`` and the measured rise. Goal: >= 0.9 for ``fisher``.
+
+``measured@eval`` is a reference, not a method: the ``measured`` single-layer table computed on
+the very samples the rises are measured on (all of ``--split``). It is what an additive table of
+exact single-layer costs reaches, i.e. about the ceiling of any table the solvers can use.
+``--plan-bits`` restricts the bit-widths the random plans draw from (the table keeps 2/3/4/6/8).
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from fqopt.profiling import profile
 from fqopt.runs import Run
 from fqopt.units import discover_units
 
-CANDIDATES = np.array([2, 3, 4, 6, 8])
+CANDIDATES = np.array([2, 3, 4, 6, 8])   # the table's bit-widths
 # label -> (method, profile() options overriding the command line's)
 VARIANTS = {
     "fisher": ("fisher", {}),
@@ -38,40 +44,106 @@ VARIANTS = {
     "gradient": ("gradient", {}),
     "grape": ("grape", {}),
     "measured": ("measured", {}),
+    # reference: exact single-layer costs on the evaluation samples themselves
+    "measured@eval": ("measured", {"calib": None, "on_eval": True}),
     # estimator studies (not in the default list)
     "fisher-bs16": ("fisher", {"batch_size": 16}),
     "fisher-bs1": ("fisher", {"batch_size": 1}),
     "fisher-calib-all": ("fisher", {"calib": None}),
     "hutchinson-p4": ("hutchinson", {"hutchinson_probes": 4}),
+    # curvature studies computed here, not fqopt methods (see study_table)
+    "ggn": ("study", {"kind": "ggn"}),
+    "lin-ce": ("study", {"kind": "lin-ce"}),
+    "fisher-sampled": ("study", {"kind": "fisher-sampled"}),
 }
 DEFAULT_VARIANTS = ("fisher", "fisher+1st", "hutchinson", "hutchinson+1st", "gradient", "grape",
                     "measured")
 
 
-def random_plans(units, n, seed, lo=2.5, hi=6.0):
+def random_plans(units, n, seed, lo=2.5, hi=6.0, candidates=CANDIDATES):
     """``n`` random ``[U]`` bit vectors whose parameter-weighted averages spread evenly over
-    [lo, hi]: random bits (a random mix of the candidates), then random single-layer steps
+    [lo, hi]: random bits (a random mix of ``candidates``), then random single-layer steps
     towards the target average until it is within 0.15 bits of it."""
+    cand = np.asarray(candidates)
+    lo = max(lo, float(cand.min()))   # no plan averages below its lowest bit-width
     rng = np.random.default_rng(seed)
     free = np.flatnonzero([name not in units.pinned for name in units.names])
     sizes = units.sizes.astype(float)
     plans = []
     for target in np.linspace(lo + 0.05, hi - 0.05, n):
-        level = np.array([CANDIDATES.tolist().index(units.pinned.get(name, 8))
+        level = np.array([cand.tolist().index(units.pinned.get(name, 8))
                           for name in units.names])
-        p = rng.dirichlet(np.ones(len(CANDIDATES)))
-        level[free] = rng.choice(len(CANDIDATES), size=len(free), p=p)
+        p = rng.dirichlet(np.ones(len(cand)))
+        level[free] = rng.choice(len(cand), size=len(free), p=p)
         for _ in range(10000):
-            avg = float((CANDIDATES[level] * sizes).sum() / sizes.sum())
+            avg = float((cand[level] * sizes).sum() / sizes.sum())
             if abs(avg - target) < 0.15:
                 break
             step = -1 if avg > target else 1
-            movable = free[(level[free] + step >= 0) & (level[free] + step < len(CANDIDATES))]
+            movable = free[(level[free] + step >= 0) & (level[free] + step < len(cand))]
+            if len(movable) == 0:
+                break
             level[rng.choice(movable)] += step
-        avg = float((CANDIDATES[level] * sizes).sum() / sizes.sum())
+        avg = float((cand[level] * sizes).sum() / sizes.sum())
         if lo <= avg <= hi:
-            plans.append(CANDIDATES[level].copy())
+            plans.append(cand[level].copy())
     return plans
+
+
+def study_table(model, ds, idx, units, kind, *, calib, seed, batch_size):
+    """``[U, G, K]`` costs from estimators that fqopt does not ship, to locate the limit of the
+    second-order family (same calibration samples and group-homogeneous batches as ``profile``):
+
+    - ``ggn``: ``½·Δz^T (diag p − p p^T) Δz`` with ``Δz = J_u δ`` the exact first-order change of
+      the logits (a forward-mode JVP per layer and bit-width): the exact Gauss-Newton quadratic,
+      with every correlation inside the layer and the exact propagation through the network;
+    - ``lin-ce``: the exact cross-entropy of ``z + J_u δ``: linearised network, exact loss;
+    - ``fisher-sampled``: the ``fisher`` estimator with labels drawn from the model's own
+      softmax (the "true" Fisher, whose mean gradient is zero by construction).
+    """
+    import torch
+    import torch.nn.functional as F
+    from torch.func import functional_call, jvp
+
+    from fqopt.profiling import Calibration, select_calibration
+    from fqopt.quantizers import fake_quantize
+    from fqopt.units import quantizable_layers
+
+    named = dict(quantizable_layers(model))
+    weights = [named[layer.name].weight.detach() for layer in units.layers]
+    deltas = [[fake_quantize(w, int(b)) - w for b in CANDIDATES] for w in weights]
+    cal = Calibration(ds, select_calibration(ds.groups, idx, calib, seed),
+                      batch_size=batch_size, seed=seed)
+    costs = np.zeros((len(units), ds.num_groups, len(CANDIDATES)))
+    gen = torch.Generator().manual_seed(seed)
+    model.eval()
+    for g, x, y in cal:
+        if kind == "fisher-sampled":
+            params = [w.clone().requires_grad_(True) for w in weights]
+            names = [f"{layer.name}.weight" for layer in units.layers]
+            logits = functional_call(model, dict(zip(names, params)), (x,))
+            ys = torch.multinomial(logits.detach().softmax(1), 1, generator=gen).squeeze(1)
+            grads = torch.autograd.grad(F.cross_entropy(logits, ys), params)
+            for li, gr in enumerate(grads):
+                for k, d in enumerate(deltas[li]):
+                    costs[li, g, k] += 0.5 * len(y) ** 2 * float((gr * gr * d * d).sum())
+            continue
+        with torch.no_grad():
+            z = model(x)
+            p = z.softmax(1)
+            base = F.cross_entropy(z, y, reduction="sum")
+        for li, layer in enumerate(units.layers):
+            def logits_of(w, name=f"{layer.name}.weight"):
+                return functional_call(model, {name: w}, (x,))
+            for k, d in enumerate(deltas[li]):
+                with torch.no_grad():
+                    _, dz = jvp(logits_of, (weights[li],), (d,))
+                if kind == "ggn":
+                    quad = (p * dz ** 2).sum(1) - (p * dz).sum(1) ** 2
+                    costs[li, g, k] += 0.5 * float(quad.sum())
+                else:
+                    costs[li, g, k] += float(F.cross_entropy(z + dz, y, reduction="sum") - base)
+    return costs / np.maximum(cal.group_counts, 1)[None, :, None]
 
 
 def group_losses(model, ds, idx):
@@ -85,7 +157,11 @@ def main():
     ap.add_argument("--plans", type=int, default=60)
     ap.add_argument("--calib", type=int, default=1024)
     ap.add_argument("--pin", default="default")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="seed of the random plans")
+    ap.add_argument("--calib-seed", type=int, default=0,
+                    help="seed of the calibration sample and batching")
+    ap.add_argument("--plan-bits", default="2,3,4,6,8",
+                    help="bit-widths the random plans draw from (a subset of 2,3,4,6,8)")
     ap.add_argument("--methods", default=",".join(DEFAULT_VARIANTS),
                     help=f"comma list of {', '.join(VARIANTS)}")
     ap.add_argument("--split", default="search",
@@ -101,17 +177,23 @@ def main():
     ds = run.dataset()
     search = np.concatenate([ds.split(s) for s in args.split.split("+")])
     units = discover_units(model, "layer", pin=args.pin)
-    plans = random_plans(units, args.plans, args.seed)
+    plan_bits = sorted(int(b) for b in args.plan_bits.split(","))
+    if not set(plan_bits) <= set(CANDIDATES.tolist()) or 8 not in plan_bits:
+        raise SystemExit(f"--plan-bits must be a subset of {CANDIDATES.tolist()} with 8 "
+                         "(the pins' bit-width)")
+    plans = random_plans(units, args.plans, args.seed, candidates=plan_bits)
     avgs = [float((b * units.sizes).sum() / units.sizes.sum()) for b in plans]
     print(f"run {args.run}: {run.model_name}, {len(units)} layers, {len(plans)} random plans, "
           f"avg bits {min(avgs):.2f}-{max(avgs):.2f}, pins {units.pinned or 'none'}, "
-          f"{args.split} split {len(search)} samples, calib {args.calib} train samples")
+          f"{args.split} split {len(search)} samples, calib {args.calib} train samples, "
+          f"plan bits {plan_bits}, plan seed {args.seed}")
 
     t0 = time.perf_counter()
     rises = None
     if args.rises and os.path.exists(args.rises):
         with np.load(args.rises) as z:
-            if z["plans"].shape == np.shape(plans) and np.array_equal(z["plans"], plans):
+            if (z["plans"].shape == np.shape(plans) and np.array_equal(z["plans"], plans)
+                    and "split" in z.files and str(z["split"]) == args.split):
                 rises = z["rises"]
     if rises is None:
         base = group_losses(model, ds, search)
@@ -122,7 +204,7 @@ def main():
                 rises.append(group_losses(model, ds, search) - base)
         rises = np.array(rises)                                     # [plans, G]
         if args.rises:
-            np.savez(args.rises, plans=np.array(plans), rises=rises)
+            np.savez(args.rises, plans=np.array(plans), rises=rises, split=args.split)
     print(f"measured {len(plans)} plans in {time.perf_counter() - t0:.1f} s; loss rise "
           f"range {rises.min():.4f} .. {rises.max():.4f}")
 
@@ -133,17 +215,23 @@ def main():
         raise SystemExit(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
     for label in wanted:
         method, opts = VARIANTS[label]
-        kwargs = dict(calib=args.calib, pin=args.pin, seed=args.seed,
+        kwargs = dict(calib=args.calib, pin=args.pin, seed=args.calib_seed,
                       batch_size=args.batch_size)
         kwargs.update(opts)
+        calib_idx = search if kwargs.pop("on_eval", False) else ds.split("train")
         t0 = time.perf_counter()
-        table = profile(model, ds, ds.split("train"), method=method, granularity="layer",
-                        **kwargs)
+        if method == "study":
+            costs = study_table(model, ds, calib_idx, units, kwargs["kind"], calib=args.calib,
+                                seed=args.calib_seed, batch_size=args.batch_size)
+        else:
+            costs = profile(model, ds, calib_idx, method=method, granularity="layer",
+                            **kwargs).costs
         secs = time.perf_counter() - t0
-        k_of = {int(b): k for k, b in enumerate(table.bits)}
-        pred = np.array([[table.costs[np.arange(len(bits)), g, [k_of[int(b)] for b in bits]]
-                          .sum() for g in range(table.num_groups)] for bits in plans])
-        rho = [float(spearmanr(pred[:, g], rises[:, g])[0]) for g in range(table.num_groups)]
+        k_of = {int(b): k for k, b in enumerate(CANDIDATES)}
+        G = ds.num_groups
+        pred = np.array([[costs[np.arange(len(bits)), g, [k_of[int(b)] for b in bits]].sum()
+                          for g in range(G)] for bits in plans])
+        rho = [float(spearmanr(pred[:, g], rises[:, g])[0]) for g in range(G)]
         # does the table also rank the groups (which group a plan hurts most)?
         worst_hit = float(np.mean(pred.argmax(1) == rises.argmax(1)))
         rows.append((label, rho, secs, worst_hit))
@@ -159,7 +247,8 @@ def main():
     print("argmax: share of plans where the table's most-hurt group is the measured one")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"plans": len(plans), "avg_bits": avgs, "results": out}, f, indent=2)
+            json.dump({"plans": len(plans), "plan_seed": args.seed, "plan_bits": plan_bits,
+                       "split": args.split, "avg_bits": avgs, "results": out}, f, indent=2)
 
 
 if __name__ == "__main__":
