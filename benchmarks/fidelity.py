@@ -172,6 +172,10 @@ def main():
     ap.add_argument("--json", default=None, help="also write the figures to this JSON file")
     args = ap.parse_args()
 
+    wanted = args.methods.split(",")
+    unknown = [w for w in wanted if w not in VARIANTS]
+    if unknown:
+        raise SystemExit(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
     run = Run.open(args.run)
     model = run.model()
     ds = run.dataset()
@@ -208,11 +212,7 @@ def main():
     print(f"measured {len(plans)} plans in {time.perf_counter() - t0:.1f} s; loss rise "
           f"range {rises.min():.4f} .. {rises.max():.4f}")
 
-    wanted = args.methods.split(",")
     rows, out = [], {}
-    unknown = [w for w in wanted if w not in VARIANTS]
-    if unknown:
-        raise SystemExit(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
     for label in wanted:
         method, opts = VARIANTS[label]
         kwargs = dict(calib=args.calib, pin=args.pin, seed=args.calib_seed,
