@@ -55,6 +55,7 @@ VARIANTS = {
     "ggn": ("study", {"kind": "ggn"}),
     "lin-ce": ("study", {"kind": "lin-ce"}),
     "fisher-sampled": ("study", {"kind": "fisher-sampled"}),
+    "measured-ctx": ("study", {"kind": "measured-ctx"}),
 }
 DEFAULT_VARIANTS = ("fisher", "fisher+1st", "hutchinson", "hutchinson+1st", "gradient", "grape",
                     "measured")
@@ -99,7 +100,10 @@ def study_table(model, ds, idx, units, kind, *, calib, seed, batch_size):
       with every correlation inside the layer and the exact propagation through the network;
     - ``lin-ce``: the exact cross-entropy of ``z + J_u δ``: linearised network, exact loss;
     - ``fisher-sampled``: the ``fisher`` estimator with labels drawn from the model's own
-      softmax (the "true" Fisher, whose mean gradient is zero by construction).
+      softmax (the "true" Fisher, whose mean gradient is zero by construction);
+    - ``measured-ctx``: single-layer loss changes measured in context, averaged over 8 random
+      background plans (every free layer at a uniformly drawn bit-width) instead of at full
+      precision: ``ℓ(B with u at b) − ℓ(B with u at 8)``.
     """
     import torch
     import torch.nn.functional as F
@@ -117,6 +121,8 @@ def study_table(model, ds, idx, units, kind, *, calib, seed, batch_size):
     costs = np.zeros((len(units), ds.num_groups, len(CANDIDATES)))
     gen = torch.Generator().manual_seed(seed)
     model.eval()
+    if kind == "measured-ctx":
+        return _measured_in_context(model, ds, cal, units, seed=seed)
     for g, x, y in cal:
         if kind == "fisher-sampled":
             params = [w.clone().requires_grad_(True) for w in weights]
@@ -144,6 +150,36 @@ def study_table(model, ds, idx, units, kind, *, calib, seed, batch_size):
                 else:
                     costs[li, g, k] += float(F.cross_entropy(z + dz, y, reduction="sum") - base)
     return costs / np.maximum(cal.group_counts, 1)[None, :, None]
+
+
+def _measured_in_context(model, ds, cal, units, *, seed, backgrounds=8):
+    import torch
+    import torch.nn.functional as F
+
+    from fqopt.apply import quantized_layers
+
+    def losses():
+        sums = np.zeros(ds.num_groups)
+        with torch.no_grad():
+            for g, x, y in cal:
+                sums[g] += float(F.cross_entropy(model(x), y, reduction="sum"))
+        return sums / np.maximum(cal.group_counts, 1)
+
+    rng = np.random.default_rng(seed)
+    names = [layer.name for layer in units.layers]
+    free = [i for i, n in enumerate(names) if n not in units.pinned]
+    costs = np.zeros((len(units), ds.num_groups, len(CANDIDATES)))
+    for _ in range(backgrounds):
+        bg = {n: int(units.pinned.get(n, 8)) for n in names}
+        bg.update({names[i]: int(rng.choice(CANDIDATES)) for i in free})
+        for i in free:
+            at = {}
+            for b in CANDIDATES:
+                with quantized_layers(model, {**bg, names[i]: int(b)}):
+                    at[int(b)] = losses()
+            for k, b in enumerate(CANDIDATES):
+                costs[i, :, k] += at[int(b)] - at[8]
+    return costs / backgrounds
 
 
 def group_losses(model, ds, idx):
