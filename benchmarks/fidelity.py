@@ -22,12 +22,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 
 import numpy as np
 from scipy.stats import spearmanr
 
 from fqopt.apply import quantized
+from fqopt.errors import UserError
 from fqopt.evaluation import predict
 from fqopt.plan import AllocationPlan
 from fqopt.profiling import profile
@@ -113,20 +115,20 @@ def study_table(model, ds, idx, units, kind, *, calib, seed, batch_size):
     from fqopt.quantizers import fake_quantize
     from fqopt.units import quantizable_layers
 
+    model.eval()
+    chosen = select_calibration(ds.groups, idx, calib, seed)
+    if kind == "measured-ctx":
+        return _measured_in_context(model, ds, chosen, units, seed=seed)
     named = dict(quantizable_layers(model))
     weights = [named[layer.name].weight.detach() for layer in units.layers]
+    names = [f"{layer.name}.weight" for layer in units.layers]
     deltas = [[fake_quantize(w, int(b)) - w for b in CANDIDATES] for w in weights]
-    cal = Calibration(ds, select_calibration(ds.groups, idx, calib, seed),
-                      batch_size=batch_size, seed=seed)
+    cal = Calibration(ds, chosen, batch_size=batch_size, seed=seed)
     costs = np.zeros((len(units), ds.num_groups, len(CANDIDATES)))
     gen = torch.Generator().manual_seed(seed)
-    model.eval()
-    if kind == "measured-ctx":
-        return _measured_in_context(model, ds, cal, units, seed=seed)
     for g, x, y in cal:
         if kind == "fisher-sampled":
             params = [w.clone().requires_grad_(True) for w in weights]
-            names = [f"{layer.name}.weight" for layer in units.layers]
             logits = functional_call(model, dict(zip(names, params)), (x,))
             ys = torch.multinomial(logits.detach().softmax(1), 1, generator=gen).squeeze(1)
             grads = torch.autograd.grad(F.cross_entropy(logits, ys), params)
@@ -138,8 +140,8 @@ def study_table(model, ds, idx, units, kind, *, calib, seed, batch_size):
             z = model(x)
             p = z.softmax(1)
             base = F.cross_entropy(z, y, reduction="sum")
-        for li, layer in enumerate(units.layers):
-            def logits_of(w, name=f"{layer.name}.weight"):
+        for li, name in enumerate(names):
+            def logits_of(w, name=name):
                 return functional_call(model, {name: w}, (x,))
             for k, d in enumerate(deltas[li]):
                 with torch.no_grad():
@@ -152,18 +154,8 @@ def study_table(model, ds, idx, units, kind, *, calib, seed, batch_size):
     return costs / np.maximum(cal.group_counts, 1)[None, :, None]
 
 
-def _measured_in_context(model, ds, cal, units, *, seed, backgrounds=8):
-    import torch
-    import torch.nn.functional as F
-
+def _measured_in_context(model, ds, idx, units, *, seed, backgrounds=8):
     from fqopt.apply import quantized_layers
-
-    def losses():
-        sums = np.zeros(ds.num_groups)
-        with torch.no_grad():
-            for g, x, y in cal:
-                sums[g] += float(F.cross_entropy(model(x), y, reduction="sum"))
-        return sums / np.maximum(cal.group_counts, 1)
 
     rng = np.random.default_rng(seed)
     names = [layer.name for layer in units.layers]
@@ -176,7 +168,7 @@ def _measured_in_context(model, ds, cal, units, *, seed, backgrounds=8):
             at = {}
             for b in CANDIDATES:
                 with quantized_layers(model, {**bg, names[i]: int(b)}):
-                    at[int(b)] = losses()
+                    at[int(b)] = group_losses(model, ds, idx)
             for k, b in enumerate(CANDIDATES):
                 costs[i, :, k] += at[int(b)] - at[8]
     return costs / backgrounds
@@ -211,16 +203,19 @@ def main():
     wanted = args.methods.split(",")
     unknown = [w for w in wanted if w not in VARIANTS]
     if unknown:
-        raise SystemExit(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
+        ap.error(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
+    try:
+        plan_bits = sorted(int(b) for b in args.plan_bits.split(","))
+    except ValueError:
+        plan_bits = []
+    if not plan_bits or not set(plan_bits) <= set(CANDIDATES.tolist()) or 8 not in plan_bits:
+        ap.error(f"--plan-bits {args.plan_bits!r}: expected a comma list from "
+                 f"{CANDIDATES.tolist()} that includes 8 (the pins' bit-width)")
     run = Run.open(args.run)
     model = run.model()
     ds = run.dataset()
     search = np.concatenate([ds.split(s) for s in args.split.split("+")])
     units = discover_units(model, "layer", pin=args.pin)
-    plan_bits = sorted(int(b) for b in args.plan_bits.split(","))
-    if not set(plan_bits) <= set(CANDIDATES.tolist()) or 8 not in plan_bits:
-        raise SystemExit(f"--plan-bits must be a subset of {CANDIDATES.tolist()} with 8 "
-                         "(the pins' bit-width)")
     plans = random_plans(units, args.plans, args.seed, candidates=plan_bits)
     avgs = [float((b * units.sizes).sum() / units.sizes.sum()) for b in plans]
     print(f"run {args.run}: {run.model_name}, {len(units)} layers, {len(plans)} random plans, "
@@ -231,10 +226,13 @@ def main():
     t0 = time.perf_counter()
     rises = None
     if args.rises and os.path.exists(args.rises):
-        with np.load(args.rises) as z:
-            if (z["plans"].shape == np.shape(plans) and np.array_equal(z["plans"], plans)
-                    and "split" in z.files and str(z["split"]) == args.split):
-                rises = z["rises"]
+        try:
+            with np.load(args.rises) as z:
+                if (z["plans"].shape == np.shape(plans) and np.array_equal(z["plans"], plans)
+                        and "split" in z.files and str(z["split"]) == args.split):
+                    rises = z["rises"]
+        except (OSError, ValueError, KeyError) as e:
+            ap.error(f"--rises {args.rises}: not a rises cache written by this script ({e})")
     if rises is None:
         base = group_losses(model, ds, search)
         rises = []
@@ -288,4 +286,8 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except UserError as e:   # a wrong run folder, pin or option: one line, exit 2
+        print(f"fidelity.py: error: {e}", file=sys.stderr)
+        sys.exit(2)
