@@ -103,16 +103,17 @@ class CpSatSolver(Solver):
     exact = True
     default_time_limit = 60.0
 
-    def _solve(self, red, deadline) -> Solution:
+    def _solve(self, red, deadline, hint: Solution | None = None) -> Solution:
+        """``hint``: a solution to start from (``auto`` passes lagrange's), else per
+        ``warm_start``."""
         from ortools.sat.python import cp_model
 
         t0 = time.perf_counter()
         V, G, _ = red.costs.shape
         obj = red.objective
         sc = scale_costs(red, self.scale, self.magnitude)
-        hint = None
         small = V <= self.small_units
-        if self.warm_start or (self.warm_start is None and not small):
+        if hint is None and (self.warm_start or (self.warm_start is None and not small)):
             if self._lagrange is None:
                 from fqopt.solvers._lagrange import LagrangeSolver
 

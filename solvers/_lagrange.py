@@ -185,6 +185,39 @@ def _budget_mu(sc: _Scaled, s0: np.ndarray, mu_hint: float, steps: int = 24
     return best, hi
 
 
+#: weights of the centre of W mixed into the dual point when a primal is recovered
+_MIX = (0.0, 1e-6, 1e-3, 0.05)
+
+
+def recover_primal(sc: _Scaled, w_star: np.ndarray, mu: float):
+    """The best budget-feasible Lagrangian minimiser near ``(w_star, μ)``.
+
+    At a degenerate dual optimum (a vertex ``w`` of W, μ = 0 when the budget does not bind)
+    whole blocks of units tie: a unit whose costs fall only in groups that ``w`` ignores costs
+    nothing under ``w`` at any bit-width, and a plain argmin gives it its lowest bits, which can
+    make another group the worst by orders of magnitude. Each candidate mixes a little of the
+    centre of W into ``w_star`` (every group then counts) and breaks the remaining exact ties by
+    the centre's costs; the true objective picks the candidate. Returns ``(x, ρ [V, K], f(x))``
+    with ρ the reduced costs the local search ranks its moves by.
+    """
+    centre = sc.center()
+    tie = sc.scores(centre)
+    tie = tie - np.where(np.isfinite(tie), tie, 0).min(axis=1, keepdims=True)
+    best = None
+    for eps in _MIX:
+        w = sc.obj.project((1.0 - eps) * w_star + eps * centre) if eps else w_star
+        s0 = sc.scores(w)
+        finite = np.isfinite(s0)
+        # a tie-break far below every non-zero difference of s0, so it orders exact ties only
+        span = np.abs(np.where(finite, s0, 0)).max() + np.abs(np.where(finite, tie, 0)).max()
+        s = s0 + tie * (1e-12 * span / max(np.abs(np.where(finite, tie, 0)).max(), 1e-300))
+        x, mu_used = _budget_mu(sc, s, mu)
+        f = float(sc.obj(sc.group_costs(x)))
+        if best is None or f < best[2]:
+            best = (x, s + mu_used * sc.rr, f)
+    return best
+
+
 def improve(sc: _Scaled, x: np.ndarray, rho: np.ndarray, *, pool: int = 4000,
             pair_pool: int = 300, max_rounds: int = 400, deadline: float | None = None):
     """Local search from a feasible choice ``x``: apply the best single move, else the best pair
@@ -344,12 +377,10 @@ class LagrangeSolver(Solver):
             evaluate(w, mu)
         t_dual = time.perf_counter() - t0
 
-        # primal: budget-feasible minimiser at the best multipliers, then local search
+        # primal: budget-feasible minimisers at the best multipliers (ties broken towards the
+        # centre of W), then local search from the best of them
         w_star = sc.obj.project(np.asarray(best_w, dtype=np.float64))
-        s0 = sc.scores(w_star)
-        x, _ = _budget_mu(sc, s0, best_mu)
-        f_first = float(sc.obj(sc.group_costs(x)))
-        rho = s0 + best_mu * sc.rr
+        x, rho, f_first = recover_primal(sc, w_star, best_mu)
         x, moves = improve(sc, x, rho, pool=self.pool, pair_pool=self.pair_pool,
                            max_rounds=self.max_rounds, deadline=deadline)
         bound = sc.certified_bound(w_star, best_mu)

@@ -32,6 +32,8 @@ _OBJECTIVE_HELP = ("worst, balanced, mean, blend:λ (0 ≤ λ ≤ 1, (1−λ)·b
 _BUDGET_RTOL = 1e-12
 # the gap is relative to |objective|, floored at this fraction of the cost scale (costs near zero)
 GAP_FLOOR = 1e-6
+# the largest certified gap a result may have and still be called optimal (float noise)
+OPTIMAL_GAP = 1e-6
 
 
 # --------------------------------------------------------------------------- objectives

@@ -11,7 +11,7 @@ from typing import ClassVar
 import numpy as np
 
 from fqopt.errors import UserError
-from fqopt.solvers._problem import GAP_FLOOR, AllocationProblem, ReducedProblem
+from fqopt.solvers._problem import GAP_FLOOR, OPTIMAL_GAP, AllocationProblem, ReducedProblem
 from fqopt.solvers._result import STATUSES, AllocationResult, Solution
 
 _SOLVERS: dict[str, type["Solver"]] = {}
@@ -117,10 +117,16 @@ def finish(problem: AllocationProblem, sol: Solution, backend: str, t0: float
     group_costs = problem.group_costs(assignment)
     objective = float(problem.objective_fn(group_costs))
     gap = None
+    status = sol.status
     if sol.bound is not None and np.isfinite(sol.bound):
         denom = max(abs(objective), GAP_FLOOR * problem.cost_scale, 1e-300)
         gap = max(0.0, (objective - float(sol.bound)) / denom)
-    return AllocationResult(status=sol.status, assignment=assignment, objective=objective,
+    if status == "optimal" and (gap is None or gap > OPTIMAL_GAP):
+        # a back-end's own "optimal" is judged by its tolerances on its scaled model (HiGHS
+        # called a 2.5e-3 gap optimal on costs near 1e-8); only a certified gap proves it
+        info["reported_status"] = status
+        status = "feasible"
+    return AllocationResult(status=status, assignment=assignment, objective=objective,
                             bound=None if sol.bound is None else float(sol.bound), gap=gap,
                             seconds=time.perf_counter() - t0, group_costs=group_costs,
                             budget_used=problem.budget_used(assignment), info=info, **common)
@@ -162,19 +168,58 @@ def _load_builtin() -> None:
 @register_solver("auto")
 @dataclasses.dataclass
 class AutoSolver(Solver):
-    """``cpsat`` (exact) when the reduced problem has at most ``max_exact_units`` super-units
-    (layer granularity, small models), ``lagrange`` otherwise (per-channel scale, where generic
-    solvers stall). Default time limit 60 s."""
+    """``lagrange`` first (milliseconds at any size, with a certified bound); when its gap is
+    above ``tol`` and the reduced problem has at most ``max_exact_units`` super-units, CP-SAT,
+    warm-started from lagrange's plan, closes it (layer granularity, where the G + 1 fractional
+    units of the relaxation are a large share of the units). The better plan and the better
+    certified bound of the two are kept: up to ``exact_units`` super-units CP-SAT runs whenever
+    lagrange has not proven optimality (it proves such instances in milliseconds), up to
+    ``max_exact_units`` only when lagrange's gap exceeds ``tol``. Default time limit 60 s.
 
+    Sending every problem under some size straight to CP-SAT cost 31 s per budget on the
+    default model's 1,044 channel units, which lagrange certifies to 4e-4 in 0.1 s.
+    """
+
+    tol: float = 1e-3
+    exact_units: int = 256
     max_exact_units: int = 2000
     _delegates: dict = dataclasses.field(default_factory=dict, init=False, repr=False)
 
     default_time_limit = 60.0
 
+    def _delegate(self, name: str, **options) -> "Solver":
+        if name not in self._delegates:
+            self._delegates[name] = get_solver(name, **options)
+        return self._delegates[name]
+
     def _solve(self, red, deadline):
-        pick = "cpsat" if red.num_units <= self.max_exact_units else "lagrange"
-        if pick not in self._delegates:
-            self._delegates[pick] = get_solver(pick)
-        sol = self._delegates[pick]._solve(red, deadline)
-        sol.info.update(backend=pick, selected_by="auto")
+        sol = self._delegate("lagrange")._solve(red, deadline)
+        picked = "lagrange"
+        gap = relative_gap(red, red.value(sol.choice), sol.bound) if sol.choice is not None \
+            else np.inf
+        V = red.num_units
+        if ((V <= self.exact_units and sol.status != "optimal" and gap > OPTIMAL_GAP)
+                or (V <= self.max_exact_units and gap > self.tol)) \
+                and (deadline is None or time.perf_counter() < deadline):
+            exact = self._delegate("cpsat", warm_start=False)
+            exact_sol = exact._solve(red, deadline, hint=sol)
+            if exact_sol.choice is not None:
+                if sol.bound is not None and (exact_sol.bound is None
+                                              or sol.bound > exact_sol.bound):
+                    exact_sol.bound = sol.bound
+                if red.value(exact_sol.choice) <= red.value(sol.choice):
+                    sol, picked = exact_sol, "cpsat"
+                else:
+                    sol.bound = exact_sol.bound
+        sol.info.update(backend=picked, selected_by="auto")
         return sol
+
+
+def relative_gap(red: ReducedProblem, value: float, bound: float | None) -> float:
+    """``(value − bound) / max(|value|, GAP_FLOOR · cost scale)`` on a reduced problem (inf
+    without a bound): the same measure as :attr:`AllocationResult.gap`."""
+    if bound is None or not np.isfinite(bound):
+        return np.inf
+    c = np.where(red.allowed[:, None, :], np.abs(red.costs), 0.0).max(axis=2).sum(axis=0)
+    scale = float((c + np.abs(red.base_costs)).max())
+    return max(0.0, (value - bound) / max(abs(value), GAP_FLOOR * scale, 1e-300))

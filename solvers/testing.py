@@ -23,10 +23,18 @@ def random_problem(seed: int, *, objective: str = "worst", budget_kind: str = "a
                    max_units: int = 6, max_groups: int = 3, max_bits: int = 3,
                    pins: bool = False, ties: bool = False, bounds: bool = False,
                    negative: bool = False, forbid: bool = False,
-                   budget_fraction: float | None = None) -> AllocationProblem:
+                   budget_fraction: float | None = None, zero: bool = False,
+                   equal: bool = False, scale: float = 1.0) -> AllocationProblem:
     """A random problem with at most ``max_units`` units, ``max_groups`` groups and ``max_bits``
     candidate bit-widths; costs decrease with bits like size·4^(−b) (optionally shifted
-    negative), the budget lies between the smallest and largest feasible value."""
+    negative), the budget lies between the smallest and largest feasible value.
+
+    Degenerate shapes seen in real profiled tables: ``zero`` gives about a third of the units no
+    cost at any bit-width (timm zero-initialises the last BatchNorm of each residual block) and
+    another third costs in one group only; ``equal`` copies one unit's costs onto another and
+    makes one unit cost the same at every bit-width (exact ties); ``scale`` multiplies every
+    cost (1e-9: the magnitude of Fisher costs of a random-init ResNet); ``budget_fraction`` 1
+    puts the budget at the largest feasible value, where it does not bind."""
     rng = np.random.default_rng(seed)
     U = int(rng.integers(2, max_units + 1))
     G = int(rng.integers(1, max_groups + 1))
@@ -37,6 +45,17 @@ def random_problem(seed: int, *, objective: str = "worst", budget_kind: str = "a
     costs = sizes[:, None, None] * np.sort(noise, axis=2)[:, :, ::-1]
     if negative:
         costs = costs - rng.uniform(0, costs.mean(), size=(U, G, 1))
+    if zero:
+        role = rng.integers(0, 3, size=U)
+        costs[role == 0] = 0.0
+        for u in np.flatnonzero(role == 1):
+            keep = int(rng.integers(G))
+            costs[u, np.arange(G) != keep, :] = 0.0
+    if equal and U >= 2:
+        a, b = rng.choice(U, size=2, replace=False)
+        costs[b] = costs[a]
+        costs[int(rng.integers(U)), :, :] = costs[int(rng.integers(U)), :, :1]
+    costs = costs * scale
     if forbid:
         u = int(rng.integers(U))
         costs[u, int(rng.integers(G)), int(rng.integers(K))] = np.inf

@@ -28,11 +28,22 @@ for i in range(30):
     CASES.append((100 + i, TEST_OBJECTIVES[i % 5], dict(
         budget_kind=KINDS[i % 3], pins=i % 4 == 1, ties=i % 3 == 2, bounds=i % 5 == 3,
         forbid=i % 7 == 4, negative=i % 6 == 5)))
+# degenerate instances, as real profiled tables are: zero-cost units and units costing in one
+# group only, exact ties, costs around 1e-9, budgets that do not bind
+for i in range(12):
+    CASES.append((200 + i, TEST_OBJECTIVES[i % 5], dict(
+        budget_kind=KINDS[i % 3], zero=True, equal=i % 2 == 1, pins=i % 4 == 3,
+        scale=1e-9 if i % 3 != 2 else 1.0,
+        budget_fraction=1.0 if i % 4 < 2 else None)))
 
 
 def _case_id(case):
     seed, obj, flags = case
     on = [k for k, v in flags.items() if v is True]
+    if flags.get("scale", 1.0) != 1.0:
+        on.append(f"x{flags['scale']:g}")
+    if flags.get("budget_fraction") == 1.0:
+        on.append("loose")
     return f"{seed}-{obj}-{flags['budget_kind']}" + ("-" + "+".join(on) if on else "")
 
 

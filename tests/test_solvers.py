@@ -424,11 +424,41 @@ def test_exhaustive_refuses_large_instances():
         solve(p, "exhaustive")
 
 
-def test_auto_picks_cpsat_small_and_lagrange_large():
-    small = solve(random_problem(3), "auto")
-    assert small.backend == "cpsat" and small.info["selected_by"] == "auto"
-    p = random_problem(3, max_units=6)
-    assert solve(p, "auto", max_exact_units=0).backend == "lagrange"
+def test_auto_keeps_certified_lagrange_and_closes_its_gap_with_cpsat():
+    problems = [random_problem(s, max_units=8) for s in range(60)]
+    lag = [solve(p, "lagrange") for p in problems]
+    certified = [p for p, r in zip(problems, lag) if r.status == "optimal"]
+    open_gap = [p for p, r in zip(problems, lag) if r.status != "optimal"]
+    assert certified and open_gap
+    res = solve(certified[0], "auto")
+    assert res.backend == "lagrange" and res.info["selected_by"] == "auto"
+    for p in open_gap[:5]:
+        res = solve(p, "auto")
+        assert res.backend == "cpsat" and res.status == "optimal"
+        assert res.objective == pytest.approx(solve(p, "exhaustive").objective, rel=1e-9)
+    # beyond the sizes CP-SAT is given, auto stays with lagrange's plan
+    res = solve(open_gap[0], "auto", exact_units=0, max_exact_units=0)
+    assert res.backend == "lagrange"
+
+
+def test_a_backend_optimal_without_a_certified_gap_is_reported_feasible():
+    from fqopt.solvers._registry import Solver, register_solver
+    from fqopt.solvers._result import Solution
+
+    @register_solver("_liar")
+    class Liar(Solver):
+        def _solve(self, red, deadline):  # the lowest bits, called optimal with a weak bound
+            x = red.min_choice()
+            return Solution("optimal", x, 0.5 * red.value(x))
+
+    try:
+        p = random_problem(1)
+        res = Liar().solve(p)
+        assert res.status == "feasible" and res.info["reported_status"] == "optimal"
+        assert res.gap == pytest.approx(0.5)
+    finally:
+        from fqopt.solvers._registry import _SOLVERS
+        _SOLVERS.pop("_liar", None)
 
 
 def test_quantile_follows_fairquant_shares_and_scores():
@@ -487,3 +517,27 @@ def test_repair_budget_steps_down_until_the_budget_holds():
         assert np.all(x <= start)
         # greedy, not optimal, but never below the true optimum
         assert red.value(x) >= brute_force(p)[0] - 1e-12
+
+
+@pytest.mark.parametrize("objective", ["worst", "balanced", "blend:0.5", "cvar:0.34"])
+def test_lagrange_certifies_zero_cost_blocks_and_a_loose_budget(objective):
+    # the shape of a random-init ResNet's Fisher table: most units cost nothing (zero-init last
+    # BatchNorm of each block), the rest cost ~1e-9 in one group only, and the budget does not
+    # bind; the dual optimum is a vertex of W where whole blocks of units tie
+    rng = np.random.default_rng(0)
+    U, G = 3000, 6
+    bits = np.array([2, 3, 4, 6, 8])
+    sizes = rng.integers(9, 600, size=U)
+    costs = (sizes[:, None, None] * 4.0 ** -bits[None, None, :]
+             * rng.lognormal(0, 1, (U, G, 1)) * 1e-9)
+    role = rng.random(U)
+    costs[role < 0.8] = 0.0
+    for u in np.flatnonzero(role >= 0.8):
+        costs[u, np.arange(G) != rng.integers(G)] = 0.0
+    p = AllocationProblem(costs=costs, bits=bits, sizes=sizes, budget=4.0, objective=objective,
+                          group_counts=np.full(G, 10))
+    res = solve(p, "lagrange")
+    best = p.evaluate(np.full(U, 8))  # costs fall with bits: max bits is optimal
+    assert res.status == "optimal" and res.gap <= 1e-6
+    assert res.objective == pytest.approx(best, rel=1e-9)
+    assert res.budget_used <= 4.0
