@@ -14,7 +14,16 @@ ResNet50 per channel (G = 6) with the time limit, to document where generic solv
 status, the certified gap, and each objective's excess over the best proven bound of its instance.
 Then a budget ladder solved with one solver instance against separate solves.
 
+``--profiled``: instead, tables profiled from the real models (``fqopt.profile``, fisher,
+channel granularity, synthderm at 224 px, 6 groups, 32 calibration images), at random
+initialisation and after ``--train-steps`` AdamW steps (timm zero-initialises the last BatchNorm
+of each residual block, so at initialisation most ResNet units cost nothing: the degenerate case
+the solver must certify), plus the tables of any ``--run`` folders (their sensitivity*.npz), solved
+by ``lagrange`` and ``auto`` at budgets 2.5, 3 and 4 with objectives worst and balanced.
+
     .venv/bin/python benchmarks/solver_scaling.py [--time-limit 60] [--quick]
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/solver_scaling.py --profiled \
+        [--train-steps 8] [--run runs/default] [--cache DIR]
 """
 
 from __future__ import annotations
@@ -69,6 +78,100 @@ def random_table(units, granularity: str, G: int, seed: int):
                             group_counts=np.full(G, 100), macs=us.macs, meta=meta)
 
 
+def profiled_table(name: str, train_steps: int, cache: str | None):
+    """A fisher channel table of timm ``name`` at 224 px on synthderm (6 groups, 32 calibration
+    images), after ``train_steps`` AdamW steps of batch 16 (0: random initialisation)."""
+    import os
+
+    import torch
+    import timm
+
+    from fqopt.data._synthderm import load_synthderm
+    from fqopt.profiling import profile
+    from fqopt.sensitivity import SensitivityTable
+
+    path = None if cache is None else os.path.join(cache, f"{name}-steps{train_steps}.npz")
+    if path and os.path.exists(path):
+        return SensitivityTable.load(path)
+    ds = load_synthderm(n=800 if train_steps else 600, image_size=224, seed=0, holdout=0)
+    torch.manual_seed(0)
+    model = timm.create_model(name, pretrained=False, num_classes=ds.num_classes)
+    if train_steps:
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        train = ds.split("train")
+        rng = np.random.default_rng(0)
+        model.train()
+        for _ in range(train_steps):
+            batch = [ds[int(i)] for i in rng.choice(train, 16, replace=False)]
+            x = torch.stack([b[0] for b in batch])
+            y = torch.as_tensor([b[1] for b in batch])
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    model.eval()
+    table = profile(model, ds, "train", method="fisher", granularity="channel", calib=32,
+                    batch_size=16, model_name=name)
+    if path:
+        os.makedirs(cache, exist_ok=True)
+        table.save(path)
+    return table
+
+
+def profiled_rows(args) -> list[dict]:
+    """lagrange and auto on real profiled tables (see the module docstring)."""
+    import glob
+    import os
+
+    from fqopt.sensitivity import SensitivityTable
+    from fqopt.solvers import AllocationProblem, solve
+
+    tables = []
+    for name in args.models.split(","):
+        for steps in (0, args.train_steps):
+            tables.append((f"{name} {'init' if steps == 0 else f'{steps} steps'}",
+                           profiled_table(name, steps, args.cache)))
+    for run in args.run or []:
+        for path in sorted(glob.glob(os.path.join(run, "sensitivity*.npz"))):
+            tables.append((os.path.relpath(path), SensitivityTable.load(path)))
+    header = (f"{'table':<40} {'units':>6} {'objective':<9} {'budget':>6} {'backend':<9} "
+              f"{'picked':<9} {'seconds':>8} {'status':<9} {'gap':>9} {'avg bits':>8}")
+    print(header)
+    print("-" * len(header), flush=True)
+    rows = []
+    for label, table in tables:
+        nz = float((np.abs(table.costs).max(axis=(1, 2)) > 0).mean())
+        for objective in ("worst", "balanced"):
+            for budget in (2.5, 3.0, 4.0):
+                problem = AllocationProblem.from_table(table, budget=budget,
+                                                       objective=objective)
+                if problem.min_budget() > budget:
+                    continue
+                for backend in ("lagrange", "auto"):
+                    reps = [solve(problem, backend, time_limit=args.time_limit)
+                            for _ in range(args.repeat)]
+                    res = sorted(reps, key=lambda r: r.seconds)[len(reps) // 2]
+                    row = {"table": label, "units": table.num_units,
+                           "nonzero_units": nz, "objective": objective, "budget": budget,
+                           "backend": backend, "picked": res.backend,
+                           "seconds": res.seconds, "status": res.status, "gap": res.gap,
+                           "avg_bits": res.budget_used}
+                    rows.append(row)
+                    print(f"{label:<40} {table.num_units:>6} {objective:<9} {budget:>6.2f} "
+                          f"{backend:<9} {res.backend:<9} {res.seconds:>8.3f} "
+                          f"{res.status:<9} {res.gap:>9.1e} {res.budget_used:>8.3f}",
+                          flush=True)
+    worst = max(rows, key=lambda r: r["gap"])
+    slow = max((r for r in rows if r["backend"] == "auto" and r["picked"] == "lagrange"),
+               key=lambda r: r["seconds"], default=None)
+    print(f"\nlargest certified gap: {worst['gap']:.1e} ({worst['table']}, {worst['objective']}, "
+          f"{worst['budget']}, {worst['backend']})")
+    if slow:
+        print(f"slowest auto solve that lagrange certified: {slow['seconds']:.3f} s "
+              f"({slow['table']}, {slow['units']} units)")
+    return rows
+
+
 def ladder_rows(time_limit: float) -> list[dict]:
     """A budget ladder 3:6:0.25 (13 budgets) on ResNet50, solved with one solver instance
     (``solve_ladder``: lagrange keeps its cuts, milp its compiled problem with the budget as a
@@ -115,7 +218,22 @@ def main(argv=None):
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--repeat", type=int, default=3, help="lagrange repeats (median reported)")
     ap.add_argument("--json", help="also write the rows here")
+    ap.add_argument("--profiled", action="store_true",
+                    help="real profiled tables instead of random costs (see the docstring)")
+    ap.add_argument("--train-steps", type=int, default=8,
+                    help="--profiled: AdamW steps for the 'trained' tables")
+    ap.add_argument("--run", action="append",
+                    help="--profiled: also every sensitivity*.npz of this run folder")
+    ap.add_argument("--cache", help="--profiled: keep the profiled tables here")
     args = ap.parse_args(argv)
+    if args.train_steps < 1 or args.repeat < 1:
+        ap.error("--train-steps and --repeat must be at least 1")
+    if args.profiled:
+        rows = profiled_rows(args)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({"profiled": rows}, f, indent=1)
+        return 0
 
     from fqopt.solvers import AllocationProblem, solve
 
