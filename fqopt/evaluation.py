@@ -59,13 +59,14 @@ def report_from_predictions(pred: dict, dataset, *, bootstrap: int = 0, seed: in
                            bootstrap=bootstrap, seed=seed)
 
 
-def evaluate(model, dataset, indices="test", *, plan=None, quantizer: str = "maxabs",
+def evaluate(model, dataset, indices="test", *, plan=None, quantizer: str | None = None,
              batch_size: int = 256, bootstrap: int = 0, seed: int = 0, device=None,
              callback=None):
     """FairnessReport of ``model`` on ``indices`` (an index array or a split name).
 
     With ``plan`` (an AllocationPlan, or an int for uniform bits), weights are fake-quantized in
-    place for the duration of the evaluation and restored afterwards.
+    place for the duration of the evaluation and restored afterwards, with ``quantizer`` (None:
+    the plan's own, ``plan.quantizer``).
     """
     if isinstance(indices, str):
         indices = dataset.split(indices)

@@ -241,6 +241,7 @@ def evaluate_on_test(run, study, *, model=None, callback=None, plans_dir=None) -
             idx = len(records)
             rec["index"] = idx
             rec["plan_file"] = f"plans/pareto-{idx:02d}.json"
+            plan.quantizer = rec["quantizer"]  # also for trials stored before plans recorded it
             plan.meta.update(trial=t.number, quantizer=rec["quantizer"],
                              search={k: rec["search"][k] for k in ("avg_acc", "worst_acc")},
                              test={k: rec["test"][k] for k in ("avg_acc", "worst_acc")})
@@ -345,6 +346,7 @@ def refine_plans(run, records: list[dict], top: int, *, seed: int = 0, callback=
             reports["test"] = evaluate(res.model, run.dataset(), "test", plan=new_plan,
                                        quantizer=rec["quantizer"])
         name = f"refined-{rec['index']:02d}.json"
+        new_plan.quantizer = rec["quantizer"]
         new_plan.meta.update(refined_from=rec["plan_file"], trial=rec["trial"])
         new_plan.save(plans_dir / name)
         checkpoint = getattr(res, "checkpoint", None)
