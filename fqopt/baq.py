@@ -521,6 +521,13 @@ def refine(run, plan, *, budget: float | None = None, budget_kind: str | None = 
                            evaluate=evaluate, callback=callback)
 
 
+def finished_refinement(out_dir) -> bool:
+    """Whether ``out_dir`` holds a finished refinement (``refine.json`` and its outputs)."""
+    out_dir = Path(out_dir)
+    return (out_dir / "refine.json").is_file() and any(
+        (out_dir / n).exists() for n in ("plan.json", "model.pt"))
+
+
 def measure_step_times(run, plan, *, steps: int = 10, **options) -> dict:
     """Seconds per step of BAQ refinement and of fixed-bit fine-tuning of ``plan`` on ``run``,
     alternated on the same batches (medians over ``steps`` steps each, after one warm-up).
@@ -717,9 +724,11 @@ class _Session:
                 callback):
         from fqopt._io import write_json
 
-        out_dir.mkdir(parents=True, exist_ok=True)
+        if out_dir.exists() and not out_dir.is_dir():
+            raise UserError(f"refine output {out_dir} is a file; --out names a folder")
         bits_path, ft_path = out_dir / "baq_state.pt", out_dir / "finetune_state.pt"
         outputs = [out_dir / n for n in ("plan.json", "model.pt")]
+        out_dir.mkdir(parents=True, exist_ok=True)
         if force:
             saved = None
             for p in (bits_path, ft_path):

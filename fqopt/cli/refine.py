@@ -54,7 +54,10 @@ def command(run_dir, plan_path, budget, budget_kind, fairness, lambda_fair, lamb
             epochs, finetune_epochs, lr, bit_lr, batch_size, steps_per_epoch, balanced,
             bits_text, quantizer, override_quantizer,
             solver, allow_over_budget, seed, device, out_dir, fmt, force):
-    from fqopt.baq import refine, step_time_ratio
+    from pathlib import Path
+
+    from fqopt.baq import finished_refinement, refine, step_time_ratio
+    from fqopt.errors import UserError
     from fqopt.cli._common import parse_bits
     from fqopt.runs import Run
 
@@ -65,6 +68,11 @@ def command(run_dir, plan_path, budget, budget_kind, fairness, lambda_fair, lamb
     quantizer = resolve_quantizer(AllocationPlan.load(plan_path), quantizer, override_quantizer,
                                   f"plan {plan_path}")
     run = Run.open(run_dir)
+    out = Path(out_dir) if out_dir else run.path / "refined" / Path(plan_path).stem
+    if finished_refinement(out) and not force:
+        # a finished refinement is a result: rerunning would write its model.pt again
+        raise UserError(f"refine output {out} already holds a finished refinement (refine.json, "
+                        "plan.json, model.pt); pass --force to redo it, or choose another --out")
     bits = parse_bits(bits_text) if bits_text else None
     with _ui.RichProgress(transient=True) as cb:
         result = refine(run, plan_path, budget=budget, budget_kind=budget_kind,
