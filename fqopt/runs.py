@@ -60,13 +60,15 @@ class Run:
         config = {"schema": RUN_SCHEMA, "fqopt_version": __version__,
                   "dataset": {"name": dataset, "options": options},
                   "model": {"name": model}, "seed": int(seed), "train": {}}
+        run = cls(path, config)
+        # the dataset loads before anything is written: bad options leave no folder behind and,
+        # with --force, the old run untouched
+        ds = run.dataset()  # fixes num_classes and size
+        run.config["model"].update(num_classes=ds.num_classes, image_size=ds.image_size)
         path.mkdir(parents=True, exist_ok=True)
         if force:
             for stale in ("model.pt", "train_state.pt", "sensitivity.npz"):
                 (path / stale).unlink(missing_ok=True)
-        run = cls(path, config)
-        ds = run.dataset()  # fail early on bad dataset options; fixes num_classes and size
-        run.config["model"].update(num_classes=ds.num_classes, image_size=ds.image_size)
         run.save_config()
         return run
 
