@@ -14,8 +14,13 @@ from fqopt.errors import UserError
 def check_writable(path: str | os.PathLike, force: bool, what: str = "output") -> Path:
     """Refuse to overwrite ``path`` unless ``force``; create its parent folder."""
     path = Path(path)
+    if path.is_dir():  # --force replaces a file, never a folder (and all it holds)
+        raise UserError(f"{what} {path} is an existing folder; give a file name (e.g. "
+                        f"{path / ('out' + (path.suffix or '.json'))})")
     if path.exists() and not force:
         raise UserError(f"{what} {path} already exists; pass --force to overwrite it")
+    if path.parent.exists() and not path.parent.is_dir():
+        raise UserError(f"{what} {path}: {path.parent} is a file, not a folder")
     path.parent.mkdir(parents=True, exist_ok=True)
     return path
 

@@ -9,6 +9,10 @@ originals back, bit for bit. ``quantize_(model, plan)`` does the same permanentl
 A plan may be an :class:`~fqopt.plan.AllocationPlan`, a path to a plan JSON, or an ``int``
 (every Conv2d/Linear weight at that many bits, stem and head included, as FairQuant's uniform
 baselines do).
+
+``method=None`` (the default) applies the plan's own quantizer (``plan.quantizer``; ``maxabs``
+for an int plan and for plan files written before plans recorded it); a method given explicitly
+overrides it.
 """
 
 from __future__ import annotations
@@ -55,6 +59,11 @@ def resolve_plan(model: nn.Module, plan, *, units=None):
     return plan
 
 
+def plan_method(plan, method: str | None) -> str:
+    """The quantizer to apply: ``method`` if given, else the plan's own."""
+    return plan.quantizer if method is None else method
+
+
 def plan_layer_bits(plan, device=None) -> dict[str, int | torch.Tensor]:
     """Layer name -> bits: an int where the whole layer shares one bit-width (the fast path),
     else an int64 tensor ``[out_channels]``."""
@@ -66,6 +75,12 @@ def plan_layer_bits(plan, device=None) -> dict[str, int | torch.Tensor]:
         else:
             out[name] = torch.as_tensor(b, device=device)
     return out
+
+
+def _checked(method: str) -> str:
+    if method not in METHODS:
+        raise UserError(f"unknown quantizer {method!r}; expected one of {', '.join(METHODS)}")
+    return method
 
 
 def _modules_by_name(model: nn.Module, names) -> dict[str, nn.Module]:
@@ -81,8 +96,7 @@ def quantized_layers(model: nn.Module, layer_bits: Mapping[str, int | torch.Tens
                      method: str = "maxabs") -> Iterator[nn.Module]:
     """Fake-quantize the named layers (layer name -> bits, int or ``[out_channels]`` tensor) for
     the duration of the block; unlisted layers keep their weights. Restores bit-exactly."""
-    if method not in METHODS:
-        raise UserError(f"unknown quantizer {method!r}; expected one of {', '.join(METHODS)}")
+    _checked(method)
     modules = _modules_by_name(model, list(layer_bits))
     saved: list[tuple[torch.Tensor, torch.Tensor]] = []
     seen: set[int] = set()
@@ -106,12 +120,12 @@ def quantized_layers(model: nn.Module, layer_bits: Mapping[str, int | torch.Tens
 
 
 @contextlib.contextmanager
-def quantized(model: nn.Module, plan, *, method: str = "maxabs",
+def quantized(model: nn.Module, plan, *, method: str | None = None,
               units=None) -> Iterator[nn.Module]:
     """Fake-quantize ``model``'s weights in place per ``plan`` inside a ``with`` block.
 
     ``plan``: AllocationPlan, plan JSON path, or int (uniform bits for every layer).
-    ``method``: quantizer (``maxabs`` or ``mse``, DESIGN.md §4.1).
+    ``method``: quantizer (``maxabs`` or ``mse``, DESIGN.md §4.1); None: the plan's own.
     On exit, also after an exception, every weight is restored bit for bit. Only the plan's layer
     weights are copied (to restore them); biases and norm layers are untouched.
 
@@ -120,13 +134,15 @@ def quantized(model: nn.Module, plan, *, method: str = "maxabs",
     """
     plan = resolve_plan(model, plan, units=units)
     device = next(model.parameters()).device
-    with quantized_layers(model, plan_layer_bits(plan, device), method=method):
+    with quantized_layers(model, plan_layer_bits(plan, device), method=plan_method(plan, method)):
         yield model
 
 
-def quantize_(model: nn.Module, plan, *, method: str = "maxabs", units=None) -> nn.Module:
-    """Permanently replace ``model``'s weights by their fake-quantized values (returns model)."""
+def quantize_(model: nn.Module, plan, *, method: str | None = None, units=None) -> nn.Module:
+    """Permanently replace ``model``'s weights by their fake-quantized values (returns model).
+    ``method``: quantizer; None: the plan's own."""
     plan = resolve_plan(model, plan, units=units)
+    method = _checked(plan_method(plan, method))
     device = next(model.parameters()).device
     modules = _modules_by_name(model, list(plan.assignments))
     with torch.no_grad():
@@ -136,10 +152,12 @@ def quantize_(model: nn.Module, plan, *, method: str = "maxabs", units=None) -> 
     return model
 
 
-def quantized_weights(model: nn.Module, plan, *, method: str = "maxabs",
+def quantized_weights(model: nn.Module, plan, *, method: str | None = None,
                       units=None) -> dict[str, torch.Tensor]:
-    """Layer name -> fake-quantized weight tensor (a new tensor; the model is not touched)."""
+    """Layer name -> fake-quantized weight tensor (a new tensor; the model is not touched).
+    ``method``: quantizer; None: the plan's own."""
     plan = resolve_plan(model, plan, units=units)
+    method = _checked(plan_method(plan, method))
     device = next(model.parameters()).device
     modules = _modules_by_name(model, list(plan.assignments))
     return {name: fake_quantize(modules[name].weight, bits, method)

@@ -471,7 +471,7 @@ def refine(run, plan, *, budget: float | None = None, budget_kind: str | None = 
            epochs: int = 3, finetune_epochs: int = 1, lr: float = 1e-4, bit_lr: float = 0.05,
            weight_decay: float = 0.0, batch_size: int = 64, steps_per_epoch: int | None = None,
            balanced: bool = False, augment: bool = True, bits=None, pin="plan",
-           quantizer: str = "maxabs", solver: str = "lagrange", seed: int = 0, device="auto",
+           quantizer: str | None = None, solver: str = "lagrange", seed: int = 0, device="auto",
            out_dir=None, resume: bool = True, force: bool = False, allow_over_budget: bool = False,
            evaluate: bool = True, callback: Callable | None = None) -> RefineResult:
     """BAQ refinement of ``plan`` on ``run`` (a :class:`~fqopt.runs.Run` or a run folder).
@@ -493,7 +493,8 @@ def refine(run, plan, *, budget: float | None = None, budget_kind: str | None = 
     balanced: group-balanced sampling; augment: flips and right-angle rotations.
     pin: ``"plan"`` (the layers in ``plan.meta['pinned']``, else the default stem and head),
         ``"none"``, or layer names; pinned layers keep the plan's bits and are not learned.
-    quantizer: ``maxabs`` | ``mse``; solver: back-end for the rounding.
+    quantizer: ``maxabs`` | ``mse``; None: the plan's own (``plan.quantizer``); the refined plan
+        records it. solver: back-end for the rounding (an unknown name fails before any work).
     out_dir: where checkpoints and outputs go (default ``RUN/refined/<plan name>``).
     resume: continue from a checkpoint of the same plan and settings in ``out_dir``.
     force: discard a checkpoint of another plan or other settings and overwrite outputs.
@@ -520,6 +521,13 @@ def refine(run, plan, *, budget: float | None = None, budget_kind: str | None = 
                            evaluate=evaluate, callback=callback)
 
 
+def finished_refinement(out_dir) -> bool:
+    """Whether ``out_dir`` holds a finished refinement (``refine.json`` and its outputs)."""
+    out_dir = Path(out_dir)
+    return (out_dir / "refine.json").is_file() and any(
+        (out_dir / n).exists() for n in ("plan.json", "model.pt"))
+
+
 def measure_step_times(run, plan, *, steps: int = 10, **options) -> dict:
     """Seconds per step of BAQ refinement and of fixed-bit fine-tuning of ``plan`` on ``run``,
     alternated on the same batches (medians over ``steps`` steps each, after one warm-up).
@@ -538,7 +546,7 @@ _PREPARE_DEFAULTS = dict(budget=None, budget_kind=None, fairness="range", lambda
                          lambda_budget=1.0, lr=1e-4, bit_lr=0.05, weight_decay=0.0,
                          batch_size=64, steps_per_epoch=None, balanced=False, augment=True,
                          bits=None, pin="plan",
-                         quantizer="maxabs", solver="lagrange", seed=0, device="auto",
+                         quantizer=None, solver="lagrange", seed=0, device="auto",
                          allow_over_budget=False)
 
 
@@ -555,7 +563,8 @@ def _prepare(run, plan, **options):
     _check_settings(fairness=o["fairness"], lambda_fair=o["lambda_fair"],
                     lambda_budget=o["lambda_budget"], lr=o["lr"], bit_lr=o["bit_lr"],
                     weight_decay=o["weight_decay"], batch_size=o["batch_size"],
-                    steps_per_epoch=o["steps_per_epoch"], quantizer=o["quantizer"])
+                    steps_per_epoch=o["steps_per_epoch"], quantizer=o["quantizer"],
+                    solver=o["solver"])
     run = run if isinstance(run, Run) else Run.open(run)
     plan_name, source = None, f"for {getattr(plan, 'model', '?')!r}"
     if isinstance(plan, (str, os.PathLike)):
@@ -564,6 +573,8 @@ def _prepare(run, plan, **options):
     if not isinstance(plan, AllocationPlan):
         raise UserError(f"plan must be an AllocationPlan or a plan JSON path, "
                         f"got {type(plan).__name__}")
+    if o["quantizer"] is None:
+        o["quantizer"] = plan.quantizer
     session = _Session(run, plan, device=resolve_device(o["device"]), budget=o["budget"],
                        budget_kind=o["budget_kind"], bits=o["bits"], pin=o["pin"],
                        quantizer=o["quantizer"], allow_over_budget=o["allow_over_budget"],
@@ -583,7 +594,7 @@ def _prepare(run, plan, **options):
 
 
 def _check_settings(*, fairness, lambda_fair, lambda_budget, lr, bit_lr, weight_decay,
-                    batch_size, steps_per_epoch, quantizer):
+                    batch_size, steps_per_epoch, quantizer, solver):
     make_fairness(fairness, 2)
     for name, v in (("lambda_fair", lambda_fair), ("lambda_budget", lambda_budget),
                     ("bit_lr", bit_lr), ("weight_decay", weight_decay)):
@@ -598,8 +609,11 @@ def _check_settings(*, fairness, lambda_fair, lambda_budget, lr, bit_lr, weight_
             steps_per_epoch, (int, np.integer)) or steps_per_epoch < 1):
         raise UserError(f"steps_per_epoch must be a positive integer or None, "
                         f"got {steps_per_epoch!r}")
-    if quantizer not in METHODS:
+    if quantizer is not None and quantizer not in METHODS:
         raise UserError(f"unknown quantizer {quantizer!r}; expected one of {', '.join(METHODS)}")
+    from fqopt.solvers import get_solver
+
+    get_solver(solver)  # an unknown back-end fails here, not after the training epochs
 
 
 class _Session:
@@ -710,9 +724,11 @@ class _Session:
                 callback):
         from fqopt._io import write_json
 
-        out_dir.mkdir(parents=True, exist_ok=True)
+        if out_dir.exists() and not out_dir.is_dir():
+            raise UserError(f"refine output {out_dir} is a file; --out names a folder")
         bits_path, ft_path = out_dir / "baq_state.pt", out_dir / "finetune_state.pt"
         outputs = [out_dir / n for n in ("plan.json", "model.pt")]
+        out_dir.mkdir(parents=True, exist_ok=True)
         if force:
             saved = None
             for p in (bits_path, ft_path):
@@ -978,7 +994,8 @@ class _Session:
         plan = AllocationPlan.from_unit_bits(
             self.units, result.assignment, model=self.run.model_name,
             bits=self.bits.tolist(), budget=dict(result.budget),
-            objective=f"baq:{settings['fairness']}", solver=result.summary(), meta=meta)
+            objective=f"baq:{settings['fairness']}", solver=result.summary(), meta=meta,
+            quantizer=settings["quantizer"])
         rounding = {**result.summary(), "budget_used": float(result.budget_used)}
         return plan, rounding
 

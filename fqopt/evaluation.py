@@ -6,12 +6,39 @@ import numpy as np
 import torch
 
 from fqopt.data import iter_batches
+from fqopt.errors import UserError
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """``auto`` (CUDA when present, else CPU), ``cpu``, ``cuda``, ``cuda:N``, ``mps``, ...
+
+    A name torch does not know, or a device this machine does not have, is a UserError (checked
+    without initialising CUDA, so commands call this before they write anything).
+    """
     if device is None or str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise UserError(f"--device {str(device)!r} is not a device; expected auto, cpu, cuda, "
+                        "cuda:N or mps") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {device}: no CUDA GPU is available on this machine; use "
+                            "--device cpu (or auto)")
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            raise UserError(f"--device {device}: this machine has {count} CUDA GPU"
+                            f"{'s' if count != 1 else ''} (cuda:0"
+                            f"{f'..cuda:{count - 1}' if count > 1 else ''})")
+    elif dev.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise UserError(f"--device {device}: MPS is not available on this machine; use "
+                            "--device cpu (or auto)")
+    elif dev.type != "cpu":
+        raise UserError(f"--device {device}: fqopt runs on cpu, cuda or mps")
+    return dev
 
 
 @torch.no_grad()
@@ -59,13 +86,14 @@ def report_from_predictions(pred: dict, dataset, *, bootstrap: int = 0, seed: in
                            bootstrap=bootstrap, seed=seed)
 
 
-def evaluate(model, dataset, indices="test", *, plan=None, quantizer: str = "maxabs",
+def evaluate(model, dataset, indices="test", *, plan=None, quantizer: str | None = None,
              batch_size: int = 256, bootstrap: int = 0, seed: int = 0, device=None,
              callback=None):
     """FairnessReport of ``model`` on ``indices`` (an index array or a split name).
 
     With ``plan`` (an AllocationPlan, or an int for uniform bits), weights are fake-quantized in
-    place for the duration of the evaluation and restored afterwards.
+    place for the duration of the evaluation and restored afterwards, with ``quantizer`` (None:
+    the plan's own, ``plan.quantizer``).
     """
     if isinstance(indices, str):
         indices = dataset.split(indices)

@@ -75,9 +75,11 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             state = load_file(str(path))
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # corrupt, truncated or unsafe pickles all end here
-        raise UserError(f"checkpoint {path} cannot be read safely: "
-                        f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}") from None
+    except Exception as exc:  # corrupt, truncated, empty or unsafe pickles all end here
+        detail = (str(exc).strip().splitlines() or [""])[0][:200]
+        empty = " (the file is empty)" if path.stat().st_size == 0 else ""
+        raise UserError(f"checkpoint {path} cannot be read safely{empty}: "
+                        f"{type(exc).__name__}" + (f": {detail}" if detail else "")) from None
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):

@@ -14,6 +14,22 @@ from fqopt.units import FLOAT_BYTES, SCALE_BYTES, UnitSet, parse_unit_name
 
 SCHEMA = "fqopt.plan/1"
 SOLVER_STATUSES = ("optimal", "feasible", "infeasible", "timeout")
+#: quantizer of a plan that records none (plans written before the field existed)
+DEFAULT_QUANTIZER = "maxabs"
+
+
+def check_quantizer(name, where: str = "quantizer") -> str:
+    """``name`` if it is a quantizer of :data:`fqopt.quantizers.METHODS`, else a UserError.
+
+    Kept a free string checked against that registry (not an enum), so that a quantizer added
+    there is accepted in plans without touching this module.
+    """
+    from fqopt.quantizers import METHODS
+
+    if not isinstance(name, str) or name not in METHODS:
+        raise UserError(f"{where} {name!r} is not a known quantizer; expected one of "
+                        f"{', '.join(METHODS)}")
+    return name
 
 
 def plan_size_bytes(units: UnitSet, layer_bits: dict[str, np.ndarray]) -> int:
@@ -29,7 +45,14 @@ def plan_size_bytes(units: UnitSet, layer_bits: dict[str, np.ndarray]) -> int:
 @dataclass
 class AllocationPlan:
     """Bits per unit. ``assignments`` maps a layer name to its bits (layer granularity) or to one
-    list of per-output-channel bits (channel granularity)."""
+    list of per-output-channel bits (channel granularity).
+
+    ``quantizer`` is the quantizer the plan was made and evaluated with (a name of
+    :data:`fqopt.quantizers.METHODS`, e.g. ``maxabs`` or ``mse``); ``fqopt.quantized``,
+    ``fqopt.evaluate``, ``fqopt.export`` and ``fqopt.refine`` apply it unless told otherwise.
+    Plan JSON written before the field existed has no ``quantizer`` key and loads as
+    ``maxabs``, the quantizer every fqopt command used then (the schema stays
+    ``fqopt.plan/1``: the field is optional)."""
 
     model: str
     granularity: str
@@ -45,15 +68,19 @@ class AllocationPlan:
     predicted: dict[str, float] = field(default_factory=dict)   # group -> predicted cost
     solver: dict = field(default_factory=dict)  # backend, status, objective, bound, gap, seconds
     meta: dict = field(default_factory=dict)
+    quantizer: str = DEFAULT_QUANTIZER
     schema: str = SCHEMA
+
+    def __post_init__(self):
+        check_quantizer(self.quantizer, where="plan quantizer")
 
     # ------------------------------------------------------------ constructors
     @classmethod
     def from_unit_bits(cls, units: UnitSet, unit_bits, *, model: str, bits=None,
                        budget=None, objective=None, predicted=None, solver=None,
-                       meta=None) -> "AllocationPlan":
+                       meta=None, quantizer: str = DEFAULT_QUANTIZER) -> "AllocationPlan":
         """Build a plan from one bit-width per unit (``[U]`` in ``units.names`` order, or a dict
-        unit name -> bits)."""
+        unit name -> bits), to be applied with ``quantizer``."""
         if isinstance(unit_bits, dict):
             index = {n: i for i, n in enumerate(units.names)}
             arr = np.zeros(len(units), dtype=np.int64)
@@ -77,12 +104,13 @@ class AllocationPlan:
                                       "layer" else b.copy())
         return cls._from_layer_bits(units, layer_bits, model=model, bits=bits, budget=budget,
                                     objective=objective, predicted=predicted, solver=solver,
-                                    meta=meta)
+                                    meta=meta, quantizer=quantizer)
 
     @classmethod
     def uniform(cls, units: UnitSet, bits: int, *, model: str, respect_pins: bool = True,
-                meta=None) -> "AllocationPlan":
-        """Every unit at ``bits`` (pinned layers keep their pinned bits unless told otherwise)."""
+                meta=None, quantizer: str = DEFAULT_QUANTIZER) -> "AllocationPlan":
+        """Every unit at ``bits`` (pinned layers keep their pinned bits unless told otherwise),
+        to be applied with ``quantizer``."""
         check_bits([bits], what="uniform bit-width")
         layer_bits = {}
         for layer in units.layers:
@@ -91,11 +119,13 @@ class AllocationPlan:
         pinned_bits = set(units.pinned.values()) if respect_pins else set()
         return cls._from_layer_bits(units, layer_bits, model=model,
                                     bits=sorted({int(bits), *pinned_bits}),
-                                    objective=f"uniform:{bits}", meta=meta)
+                                    objective=f"uniform:{bits}", meta=meta,
+                                    quantizer=quantizer)
 
     @classmethod
     def _from_layer_bits(cls, units, layer_bits, *, model, bits=None, budget=None,
-                         objective=None, predicted=None, solver=None, meta=None):
+                         objective=None, predicted=None, solver=None, meta=None,
+                         quantizer=DEFAULT_QUANTIZER):
         all_bits = np.concatenate([np.asarray(v) for v in layer_bits.values()])
         check_bits(np.unique(all_bits).tolist(), what="plan bit-width")
         weighted = sum(int(np.asarray(layer_bits[lay.name]).sum()) * lay.per_channel
@@ -108,13 +138,14 @@ class AllocationPlan:
             assignments = {n: [int(x) for x in b] for n, b in layer_bits.items()}
         if bits is None:
             bits = sorted(int(b) for b in np.unique(all_bits))
+        _check_candidates(layer_bits, bits, f"plan for model {model!r}")
         return cls(model=model, granularity=units.granularity, bits=[int(b) for b in bits],
                    assignments=assignments, shapes=units.shapes(), avg_bits=float(avg_bits),
                    avg_bits_channel=avg_bits_channel,
                    size_bytes=plan_size_bytes(units, layer_bits), float_params=units.float_params,
                    budget=budget, objective=objective,
                    predicted={str(k): float(v) for k, v in (predicted or {}).items()},
-                   solver=dict(solver or {}), meta=dict(meta or {}))
+                   solver=dict(solver or {}), meta=dict(meta or {}), quantizer=quantizer)
 
     # ------------------------------------------------------------------ views
     def layer_bits(self) -> dict[str, np.ndarray]:
@@ -167,8 +198,8 @@ class AllocationPlan:
             "bits": self.bits, "avg_bits": self.avg_bits,
             "avg_bits_channel": self.avg_bits_channel, "size_bytes": self.size_bytes,
             "float_params": self.float_params, "budget": self.budget,
-            "objective": self.objective, "predicted": self.predicted, "solver": self.solver,
-            "meta": self.meta, "shapes": self.shapes, "assignments": self.assignments,
+            "objective": self.objective, "quantizer": self.quantizer,
+            "predicted": self.predicted, "solver": self.solver, "meta": self.meta, "shapes": self.shapes, "assignments": self.assignments,
         }
 
     @classmethod
@@ -223,6 +254,9 @@ class AllocationPlan:
         missing_shapes = [n for n in assignments if n not in d["shapes"]]
         if missing_shapes:
             raise UserError(f"plan {source}: no shape for layer(s) {missing_shapes[:3]}")
+        _check_candidates(assignments, d["bits"], f"plan {source}")
+        quantizer = check_quantizer(d.get("quantizer", DEFAULT_QUANTIZER),
+                                    where=f"plan {source}: quantizer")
         plan = cls(model=d["model"], granularity=d["granularity"], bits=list(d["bits"]),
                    assignments=assignments, shapes={k: list(v) for k, v in d["shapes"].items()},
                    avg_bits=float(d.get("avg_bits", float("nan"))),
@@ -230,7 +264,8 @@ class AllocationPlan:
                    size_bytes=int(d.get("size_bytes", -1)),
                    float_params=int(d.get("float_params", 0)), budget=d.get("budget"),
                    objective=d.get("objective"), predicted=dict(d.get("predicted") or {}),
-                   solver=dict(d.get("solver") or {}), meta=dict(d.get("meta") or {}))
+                   solver=dict(d.get("solver") or {}), meta=dict(d.get("meta") or {}),
+                   quantizer=quantizer)
         plan._recompute()
         return plan
 
@@ -275,7 +310,23 @@ def check_bits(bits, what: str = "bit-width") -> None:
 def _is_bit_width(b) -> bool:
     if isinstance(b, (bool, np.bool_)) or not isinstance(b, (int, float, np.integer, np.floating)):
         return False
-    return bool(np.isfinite(b)) and b == int(b) and 2 <= int(b) <= 8
+    try:
+        f = float(b)  # a JSON integer may be huge (2**70): numpy cannot test it, float can
+    except OverflowError:
+        return False
+    return math.isfinite(f) and f == int(f) and 2 <= f <= 8
+
+
+def _check_candidates(layer_bits: dict, candidates, where: str) -> None:
+    """Every assigned bit-width must be one of the plan's candidate ``bits``: a plan that says
+    it chooses among 2,3,4,6,8 and assigns 5 was edited by hand or made by a broken tool."""
+    allowed = {int(b) for b in candidates}
+    for layer, b in layer_bits.items():
+        used = {int(x) for x in np.asarray(b).reshape(-1).tolist()}
+        bad = sorted(used - allowed)
+        if bad:
+            raise UserError(f"{where}: layer {layer!r} is assigned {bad[0]} bits, which is not "
+                            f"one of the plan's candidate bits {sorted(allowed)}")
 
 
 def _as_bits(b, source: str, key: str) -> int:

@@ -13,8 +13,11 @@ Layout::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
+import socket
 from pathlib import Path
 
 from fqopt._io import read_json, write_json
@@ -23,6 +26,9 @@ from fqopt.errors import UserError
 
 RUN_SCHEMA = "fqopt.run/1"
 _DATASET_CACHE: dict[str, object] = {}
+#: held while a command trains a run (``fqopt train``, the training step of ``fqopt search``)
+LOCK_NAME = ".train.lock"
+_HELD_LOCKS: set[str] = set()
 
 
 class Run:
@@ -49,23 +55,34 @@ class Run:
                             f"{', '.join(data.available())}")
         model = model or models.DEFAULT_MODEL
         models.check_name(model)
-        options = dict(dataset_options or {})
-        if image_size is not None:
-            options["image_size"] = int(image_size)
-        if dataset == "synthderm":
-            options.setdefault("seed", int(seed))
+        options = cls.dataset_options(dataset, dataset_options, image_size=image_size,
+                                      seed=seed)
         config = {"schema": RUN_SCHEMA, "fqopt_version": __version__,
                   "dataset": {"name": dataset, "options": options},
                   "model": {"name": model}, "seed": int(seed), "train": {}}
+        run = cls(path, config)
+        # the dataset loads before anything is written: bad options leave no folder behind and,
+        # with --force, the old run untouched
+        ds = run.dataset()  # fixes num_classes and size
+        run.config["model"].update(num_classes=ds.num_classes, image_size=ds.image_size)
         path.mkdir(parents=True, exist_ok=True)
         if force:
             for stale in ("model.pt", "train_state.pt", "sensitivity.npz"):
                 (path / stale).unlink(missing_ok=True)
-        run = cls(path, config)
-        ds = run.dataset()  # fail early on bad dataset options; fixes num_classes and size
-        run.config["model"].update(num_classes=ds.num_classes, image_size=ds.image_size)
         run.save_config()
         return run
+
+    @staticmethod
+    def dataset_options(dataset: str, options: dict | None, *, image_size: int | None = None,
+                        seed: int = 0) -> dict:
+        """The dataset options :meth:`create` records in ``config.json`` for these arguments
+        (so that a rerun can be compared with what the run was started with)."""
+        options = dict(options or {})
+        if image_size is not None:
+            options["image_size"] = int(image_size)
+        if dataset == "synthderm":
+            options.setdefault("seed", int(seed))
+        return options
 
     @classmethod
     def open(cls, path) -> "Run":
@@ -74,9 +91,13 @@ class Run:
             raise UserError(f"{path} is not a run folder (no config.json); create one with "
                             f"`fqopt train --out {path}`")
         config = read_json(path / "config.json", what="run config")
+        where = f"run config {path / 'config.json'}"
+        if not isinstance(config, dict):
+            raise UserError(f"{where} must be a JSON object")
         if config.get("schema") != RUN_SCHEMA:
-            raise UserError(f"run config {path / 'config.json'}: schema is "
-                            f"{config.get('schema')!r}, expected {RUN_SCHEMA!r}")
+            raise UserError(f"{where}: schema is {config.get('schema')!r}, expected "
+                            f"{RUN_SCHEMA!r}")
+        _check_config(config, where, path)
         return cls(path, config)
 
     def save_config(self) -> None:
@@ -157,3 +178,128 @@ class Run:
 
     def __repr__(self) -> str:
         return f"Run({str(self.path)!r}, model={self.model_name!r})"
+
+
+#: what every command reads from a run's config.json: (section, key, type)
+_CONFIG_FIELDS = (("dataset", "name", str), ("model", "name", str),
+                  ("model", "num_classes", int), ("model", "image_size", int))
+
+
+def _check_config(config: dict, where: str, path) -> None:
+    """A UserError naming the first missing or mistyped field of a run's config.json."""
+    hint = (f"the file was edited or damaged; restore it, or start the run over with "
+            f"`fqopt train --out {path} --force`")
+    for section, key, kind in _CONFIG_FIELDS:
+        part = config.get(section)
+        if not isinstance(part, dict):
+            raise UserError(f"{where} has no {section!r} object; {hint}")
+        value = part.get(key)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            got = "is missing" if key not in part else f"is {value!r}"
+            raise UserError(f"{where}: {section}.{key} {got}, expected "
+                            f"{'a string' if kind is str else 'an integer'}; {hint}")
+    options = config["dataset"].get("options", {})
+    if not isinstance(options, dict):
+        raise UserError(f"{where}: dataset.options must be a JSON object; {hint}")
+
+
+# ------------------------------------------------------------------------- training lock
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def train_lock(path):
+    """Hold ``RUN/.train.lock`` (created with ``O_EXCL``, holding ``pid host``) for the block.
+
+    A second process that trains the same run folder gets a UserError naming the holder. A lock
+    left by a process that died (same host, pid gone) is stale and taken over. Re-entrant within
+    one process (``fqopt search`` trains through the same code as ``fqopt train``).
+    """
+    path = Path(path)
+    lock = path / LOCK_NAME
+    key = str(lock.resolve())
+    if key in _HELD_LOCKS:
+        yield lock
+        return
+    path.mkdir(parents=True, exist_ok=True)
+    me = f"{os.getpid()} {socket.gethostname()}"
+    for attempt in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                pid_text, _, host = lock.read_text().strip().partition(" ")
+                pid = int(pid_text)
+            except (OSError, ValueError):
+                pid, host = None, ""
+            stale = pid is not None and host == socket.gethostname() and not _pid_alive(pid)
+            if stale and attempt == 0:
+                lock.unlink(missing_ok=True)  # its process is gone: take the run over
+                continue
+            holder = f"process {pid} on {host}" if pid is not None else "another process"
+            raise UserError(f"run {path} is being trained by {holder} (lock file {lock}); wait "
+                            "for it to finish, or delete the lock file if no fqopt is "
+                            "running there") from None
+        with os.fdopen(fd, "w") as fh:
+            fh.write(me)
+        break
+    _HELD_LOCKS.add(key)
+    try:
+        yield lock
+    finally:
+        _HELD_LOCKS.discard(key)
+        with contextlib.suppress(OSError):
+            if lock.read_text().strip() == me:
+                lock.unlink()
+
+
+def _first_missing(path: Path) -> Path | None:
+    """The topmost folder of ``path`` (itself included) that does not exist yet."""
+    top = None
+    for p in (path, *path.parents):
+        if p.exists():
+            break
+        top = p
+    return top
+
+
+#: files that make a run folder worth keeping after a failed command
+_VALUABLE = ("model.pt", "train_state.pt", "sensitivity.npz", "study.db", "plans", "tables",
+             "refined", "exports")
+
+
+@contextlib.contextmanager
+def training_session(path):
+    """Lock the run folder ``path`` for training; if the block fails, remove what this command
+    created and that holds nothing of value.
+
+    A failed or interrupted first ``fqopt train`` leaves no stray folder behind (a folder that
+    did not exist before, holding only a config.json, is removed; a config.json written into an
+    existing folder is removed); a run with a model or a training state to resume from is kept.
+    """
+    path = Path(path)
+    created = _first_missing(path.resolve())
+    had_config = (path / "config.json").exists()
+    with train_lock(path):
+        try:
+            yield path
+        except BaseException:
+            if not any((path / name).exists() for name in _VALUABLE):
+                if created is not None:
+                    shutil.rmtree(path, ignore_errors=True)
+                    # parents this command created go too, if nothing else went into them
+                    for parent in path.resolve().parents:
+                        if created not in (parent, *parent.parents):
+                            break
+                        with contextlib.suppress(OSError):
+                            parent.rmdir()
+                elif not had_config:
+                    (path / "config.json").unlink(missing_ok=True)
+            raise

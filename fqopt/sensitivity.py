@@ -3,7 +3,9 @@
 The ``.npz`` contract (``allow_pickle=False``):
 
 - ``costs``  float64 ``[U, G, K]``: predicted rise of group g's mean loss when unit u alone is
-  quantized to ``bits[k]`` (``+inf`` marks a choice that is not allowed)
+  quantized to ``bits[k]``; finite numbers (NaN and ±inf are rejected at load, naming the unit:
+  an infinite loss rise is an overflow, not a measurement; exclude a choice with the solver's
+  pins or min/max bits, or with ``+inf`` in an ``AllocationProblem`` built in Python)
 - ``bits``   int ``[K]``, strictly increasing, each in 2..8
 - ``sizes``  int64 ``[U]``: weights per unit
 - ``units``  str ``[U]``, ``groups`` str ``[G]``
@@ -111,10 +113,13 @@ class SensitivityTable:
             u, g, k = np.argwhere(np.isnan(self.costs))[0]
             raise UserError(f"sensitivity table {src}: cost is NaN for unit {self.units[u]!r}, "
                             f"group {self.groups[g]!r}, {int(self.bits[k])} bits")
-        if np.isneginf(self.costs).any():
-            u, g, k = np.argwhere(np.isneginf(self.costs))[0]
-            raise UserError(f"sensitivity table {src}: cost is -inf for unit {self.units[u]!r}, "
-                            f"group {self.groups[g]!r}, {int(self.bits[k])} bits")
+        if np.isinf(self.costs).any():
+            u, g, k = np.argwhere(np.isinf(self.costs))[0]
+            sign = "+" if self.costs[u, g, k] > 0 else "-"
+            raise UserError(f"sensitivity table {src}: cost is {sign}inf for unit "
+                            f"{self.units[u]!r}, group {self.groups[g]!r}, {int(self.bits[k])} "
+                            "bits; costs must be finite (exclude a bit-width with --pin or "
+                            "--min-bits/--max-bits instead)")
         if np.any(self.group_counts < 0):
             raise UserError(f"sensitivity table {src}: negative group_counts")
         if not isinstance(self.meta, dict):
@@ -152,9 +157,10 @@ class SensitivityTable:
         try:
             with np.load(path, allow_pickle=False) as z:
                 data = {k: z[k] for k in z.files}
-        except (ValueError, OSError, EOFError) as exc:
-            raise UserError(f"sensitivity table {path} is not a readable .npz file: "
-                            f"{exc}") from None
+        except Exception as exc:  # truncated, corrupt or not a zip (BadZipFile, zlib.error, ...)
+            detail = " ".join(str(exc).split())[:200] or type(exc).__name__
+            raise UserError(f"sensitivity table {path} is not a readable .npz file "
+                            f"(truncated or damaged?): {detail}") from None
         missing = [k for k in _REQUIRED if k not in data]
         if missing:
             raise UserError(f"sensitivity table {path}: missing array(s) {missing}; expected "

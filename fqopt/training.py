@@ -45,6 +45,42 @@ class TrainConfig:
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
+#: settings a resumed training may change: where it runs does not change what it computes
+RESUMABLE_SETTINGS = ("device",)
+_STATE_KEYS = ("model", "optimizer", "scheduler", "state", "config")
+
+
+def config_difference(saved: dict, wanted: dict):
+    """``(key, saved value, wanted value)`` of the first training setting that differs between
+    two ``asdict(TrainConfig)`` dicts (``device`` aside), or None."""
+    for key in sorted(set(saved) | set(wanted)):
+        if key in RESUMABLE_SETTINGS:
+            continue
+        if saved.get(key) != wanted.get(key):
+            return key, saved.get(key), wanted.get(key)
+    return None
+
+
+def read_train_state(path) -> dict:
+    """A ``train_state.pt`` checkpoint, read with ``weights_only=True``; a truncated, damaged or
+    unsafe file (a pickle that would run code) is a UserError naming it."""
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated zip, bad pickle, refused global: all the same to a user
+        detail = (str(exc).strip().splitlines() or [""])[0][:160]
+        if "weights only" in detail.lower():  # never suggest loading it unsafely
+            detail = "it holds Python objects that a weights-only load refuses"
+        raise UserError(f"training state {path} cannot be read safely ({type(exc).__name__}"
+                        f"{': ' + detail if detail else ''}); delete it or pass --force to start "
+                        "the training over") from None
+    if (not isinstance(saved, dict) or any(k not in saved for k in _STATE_KEYS)
+            or not isinstance(saved["state"], dict) or not isinstance(saved["config"], dict)):
+        raise UserError(f"training state {path} is not an fqopt training state (expected "
+                        f"{', '.join(_STATE_KEYS)}); delete it or pass --force to start the "
+                        "training over")
+    return saved
+
+
 def augment_batch(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """Random horizontal/vertical flips and right-angle rotations (lesions have no up)."""
     n = x.shape[0]
@@ -82,8 +118,16 @@ def train(run, config: TrainConfig | None = None, *, callback=None, resume: bool
 
     Writes ``model.pt`` (best weights) whenever the search ``avg_acc`` improves and
     ``train_state.pt`` after every epoch; with ``resume`` an unfinished run continues from its
-    last epoch. Returns the history (one dict per epoch) and the best epoch.
+    last epoch. Returns the history (one dict per epoch) and the best epoch. The run folder is
+    locked meanwhile (:func:`fqopt.runs.train_lock`): a second training of it is a UserError.
     """
+    from fqopt.runs import train_lock
+
+    with train_lock(run.path):
+        return _train(run, config, callback=callback, resume=resume)
+
+
+def _train(run, config, *, callback, resume):
     from fqopt._io import atomic_path
     from fqopt.evaluation import predict, resolve_device
     from fqopt.metrics import fairness_report
@@ -108,13 +152,19 @@ def train(run, config: TrainConfig | None = None, *, callback=None, resume: bool
     state = {"epoch": 0, "best": -1.0, "best_epoch": -1, "history": [], "bad_epochs": 0,
              "finished": False}
     if resume and run.train_state_path.is_file():
-        saved = torch.load(run.train_state_path, map_location=device, weights_only=True)
-        if saved.get("config") != asdict(config):
+        saved = read_train_state(run.train_state_path)
+        differ = config_difference(saved["config"], asdict(config))
+        if differ is not None:
+            key, old, new = differ
             raise UserError(f"{run.train_state_path} was written with other training settings "
-                            f"({saved.get('config')}); pass --force to start over")
-        model.load_state_dict(saved["model"])
-        opt.load_state_dict(saved["optimizer"])
-        sched.load_state_dict(saved["scheduler"])
+                            f"({key} {old!r}, now {new!r}); pass --force to start over")
+        try:
+            model.load_state_dict(saved["model"])
+            opt.load_state_dict(saved["optimizer"])
+            sched.load_state_dict(saved["scheduler"])
+        except (RuntimeError, KeyError, ValueError, TypeError) as exc:
+            raise UserError(f"training state {run.train_state_path} does not fit this run's "
+                            f"model ({type(exc).__name__}); pass --force to start over") from None
         state = saved["state"]
         state["history"] = list(state["history"])
     run.config["train"] = asdict(config)

@@ -39,7 +39,7 @@ UNIFORM_ALL_LAYERS = (2, 3, 4, 8)
 class TrainOptions:
     """How to train a run that has no model (``fqopt train``'s defaults)."""
 
-    dataset: str = "synthderm"
+    dataset: str | None = None   # None: the run's own, or synthderm for a new run
     model: str | None = None
     samples: int | None = None
     image_size: int | None = None
@@ -71,11 +71,9 @@ def ensure_trained(run_dir, options: TrainOptions, *, callback=None) -> tuple[ob
     Returns ``(run, trained_now)``. A run folder that holds another model or dataset than
     asked for explicitly is a UserError.
     """
-    import torch
-
     from fqopt.evaluation import evaluate
     from fqopt.runs import Run
-    from fqopt.training import TrainConfig, train
+    from fqopt.training import TrainConfig, read_train_state, train
 
     path = Path(run_dir)
     if (path / "config.json").is_file():
@@ -83,24 +81,24 @@ def ensure_trained(run_dir, options: TrainOptions, *, callback=None) -> tuple[ob
         if options.model is not None and options.model != run.model_name:
             raise UserError(f"run folder {path} holds model {run.model_name!r}, not "
                             f"{options.model!r}; use another --run or drop --model")
-        if options.dataset != run.config["dataset"]["name"]:
+        if options.dataset is not None and options.dataset != run.config["dataset"]["name"]:
             raise UserError(f"run folder {path} holds dataset "
                             f"{run.config['dataset']['name']!r}, not {options.dataset!r}; use "
                             "another --run or drop --dataset")
         unfinished = False
         if run.train_state_path.is_file():
-            saved = torch.load(run.train_state_path, map_location="cpu", weights_only=True)
-            unfinished = not bool(saved["state"].get("finished"))
+            unfinished = not bool(read_train_state(run.train_state_path)["state"].get("finished"))
         if run.has_model() and not unfinished:
             return run, False
         config = TrainConfig.from_dict(run.config.get("train") or {"seed": run.seed})
     else:
+        dataset = options.dataset or "synthderm"
         dataset_options = dict(options.data_options)
         if options.samples is not None:
-            if options.dataset != "synthderm":
+            if dataset != "synthderm":
                 raise UserError("--samples applies to the synthderm dataset only")
             dataset_options["n"] = int(options.samples)
-        run = Run.create(path, dataset=options.dataset, dataset_options=dataset_options,
+        run = Run.create(path, dataset=dataset, dataset_options=dataset_options,
                          model=options.model, image_size=options.image_size, seed=options.seed)
         config = TrainConfig(seed=options.seed)
     if options.epochs is not None:
@@ -241,6 +239,7 @@ def evaluate_on_test(run, study, *, model=None, callback=None, plans_dir=None) -
             idx = len(records)
             rec["index"] = idx
             rec["plan_file"] = f"plans/pareto-{idx:02d}.json"
+            plan.quantizer = rec["quantizer"]  # also for trials stored before plans recorded it
             plan.meta.update(trial=t.number, quantizer=rec["quantizer"],
                              search={k: rec["search"][k] for k in ("avg_acc", "worst_acc")},
                              test={k: rec["test"][k] for k in ("avg_acc", "worst_acc")})
@@ -345,6 +344,7 @@ def refine_plans(run, records: list[dict], top: int, *, seed: int = 0, callback=
             reports["test"] = evaluate(res.model, run.dataset(), "test", plan=new_plan,
                                        quantizer=rec["quantizer"])
         name = f"refined-{rec['index']:02d}.json"
+        new_plan.quantizer = rec["quantizer"]
         new_plan.meta.update(refined_from=rec["plan_file"], trial=rec["trial"])
         new_plan.save(plans_dir / name)
         checkpoint = getattr(res, "checkpoint", None)

@@ -11,6 +11,7 @@ machine) is marked failed after :data:`GRACE_PERIOD` seconds and its slot is run
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -39,14 +40,44 @@ def default_storage_url(run_dir) -> str:
     return f"sqlite:///{Path(run_dir).resolve() / 'study.db'}"
 
 
-def masked_url(url: str) -> str:
-    """The URL with any password replaced by ``***`` (for messages and reports)."""
-    try:
-        from sqlalchemy.engine import make_url
+#: query parameters of a storage URL that carry a secret (libpq's ``password``, ``sslpassword``,
+#: and the usual token names), matched case-insensitively
+SECRET_QUERY_KEYS = ("password", "passwd", "pwd", "pass", "sslpassword", "secret", "token",
+                     "access_token", "api_key", "apikey", "auth", "sslkey_password")
+_USERINFO = re.compile(r"(://[^/?#@:]*:)([^/?#@]*)(@)")
+_QUERY_SECRET = re.compile(r"([?&;](?:%s)=)([^&;#]*)" % "|".join(SECRET_QUERY_KEYS), re.I)
 
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # not a SQLAlchemy URL: nothing to hide that we can find
-        return url
+
+def url_secrets(url: str) -> list[str]:
+    """The secret values a storage URL holds (its password and secret query parameters)."""
+    text = str(url)
+    found = [m.group(2) for m in _USERINFO.finditer(text)]
+    found += [m.group(2) for m in _QUERY_SECRET.finditer(text)]
+    values = set()
+    for v in found:
+        if v:
+            from urllib.parse import unquote
+
+            values.update({v, unquote(v)})
+    return sorted(values, key=len, reverse=True)
+
+
+def masked_url(url: str) -> str:
+    """The URL with any password replaced by ``***`` (for messages and reports): both the
+    ``user:password@host`` form and secret query parameters (``?password=...``)."""
+    text = str(url)
+    text = _USERINFO.sub(lambda m: m.group(1) + "***" + m.group(3), text)
+    return _QUERY_SECRET.sub(lambda m: m.group(1) + "***", text)
+
+
+def scrub(text: str, url: str) -> str:
+    """``text`` (an error message) with every secret of ``url`` replaced by ``***``: drivers
+    may echo the DSN they were given."""
+    text = str(text).replace(str(url), masked_url(url))
+    for secret in url_secrets(url):
+        if len(secret) >= 3:  # a one-letter password would mask half the message
+            text = text.replace(secret, "***")
+    return text
 
 
 def _engine_kwargs(url: str) -> dict:
@@ -77,7 +108,7 @@ def open_storage(url: str, *, heartbeat: bool = True):
     if url.startswith("sqlite:///"):
         folder = Path(url[len("sqlite:///"):]).parent
         if not folder.is_dir():
-            raise UserError(f"storage {url}: folder {folder} does not exist")
+            raise UserError(f"storage {masked_url(url)}: folder {folder} does not exist")
     kwargs = dict(engine_kwargs=_engine_kwargs(url))
     if heartbeat:
         kwargs.update(heartbeat_interval=HEARTBEAT_INTERVAL, grace_period=GRACE_PERIOD)
@@ -90,10 +121,11 @@ def open_storage(url: str, *, heartbeat: bool = True):
         return storage
     except ImportError as exc:
         raise UserError(f"storage {masked_url(url)}: its database driver is not installed "
-                        f"({_first_line(exc)}); for PostgreSQL install fqopt[postgres]") from None
+                        f"({scrub(_first_line(exc), url)}); for PostgreSQL install "
+                        "fqopt[postgres]") from None
     except Exception as exc:  # sqlalchemy errors: bad URL, unreachable host, refused login
         raise UserError(f"cannot open Optuna storage {masked_url(url)}: "
-                        f"{type(exc).__name__}: {_first_line(exc)}") from None
+                        f"{type(exc).__name__}: {scrub(_first_line(exc), url)}") from None
 
 
 def _create_rdb(url: str, kwargs: dict, attempts: int = 6):
@@ -189,7 +221,7 @@ def open_study(storage, study_name: str, *, sampler, identity: dict, settings: d
         created = False
     except Exception as exc:
         raise UserError(f"cannot create study {study_name!r} in {masked_url(url)}: "
-                        f"{type(exc).__name__}: {_first_line(exc)}") from None
+                        f"{type(exc).__name__}: {scrub(_first_line(exc), url)}") from None
 
     if created:
         from fqopt._version import __version__
@@ -227,26 +259,33 @@ def check_directions(study, study_name: str) -> None:
 
 def check_identity(attrs: dict, identity: dict, settings: dict, study_name: str,
                    describe: str) -> None:
-    """The study must be about the same model, dataset, checkpoint and granularity."""
+    """The study must be about the same model, dataset, checkpoint and granularity.
+
+    The messages name ``fqopt search --force`` in full: ``show`` and ``report`` raise them too,
+    and their own ``--force`` does not start a search over."""
+    run_dir = describe[len("run "):] if describe.startswith("run ") else None
+    restart = (f"run `fqopt search --run {run_dir} --force` to start the search over"
+               if run_dir else "run `fqopt search --force` to start the search over")
     theirs = attrs.get(ATTR_IDENTITY)
     if theirs is None:
         raise UserError(f"study {study_name!r} was not created by fqopt search (it has no "
-                        f"{ATTR_IDENTITY!r} attribute); choose another --study or pass --force")
+                        f"{ATTR_IDENTITY!r} attribute); choose another --study, or {restart}")
     for key, what in (("model", "model"), ("dataset", "dataset"),
                       ("num_classes", "number of classes"), ("image_size", "image size")):
         if theirs.get(key) != identity.get(key):
             raise UserError(f"study {study_name!r} belongs to a run with {what} "
                             f"{theirs.get(key)!r}, but {describe} has {identity.get(key)!r}; "
-                            "use another --study (or --run), or pass --force to start over")
+                            f"use another --study (or --run), or {restart}")
     if theirs.get("checkpoint") != identity.get("checkpoint"):
         raise UserError(f"study {study_name!r} was searched with other trained weights "
                         f"(model.pt sha256 {str(theirs.get('checkpoint'))[:12]}…, {describe} has "
-                        f"{str(identity.get('checkpoint'))[:12]}…); every worker must use a copy "
-                        "of the same run folder, or pass --force to start over")
+                        f"{str(identity.get('checkpoint'))[:12]}…): after retraining the run "
+                        f"(`fqopt train --force`), {restart}; a worker on another machine must "
+                        "use a copy of the same run folder")
     ours_s = dict(settings)
     theirs_s = attrs.get(ATTR_SETTINGS) or {}
     for key in ("granularity", "direct", "space"):
         if key in theirs_s and key in ours_s and theirs_s[key] != ours_s[key]:
             raise UserError(f"study {study_name!r} searches with {key} {theirs_s.get(key)!r}, "
                             f"but this search asks for {ours_s.get(key)!r}; resume it with the "
-                            "same settings, use another --study, or pass --force to start over")
+                            f"same settings, use another --study, or {restart}")

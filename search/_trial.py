@@ -246,6 +246,7 @@ class Objective:
             self.memo[key] = report_dict
         seconds = {"solve": solve_s, **seconds}
         plan.meta.update(trial=trial.number, quantizer=quantizer, builder=builder)
+        plan.quantizer = quantizer  # the stored plan records what it was evaluated with
         trial.set_user_attr(ATTR_PLAN, plan.to_dict())
         trial.set_user_attr(ATTR_REPORT, report_dict)
         trial.set_user_attr(ATTR_SECONDS, {k: round(v, 6) for k, v in seconds.items()})

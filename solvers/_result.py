@@ -84,12 +84,15 @@ class AllocationResult:
             return {}
         return {g: float(c) for g, c in zip(self.groups, self.group_costs)}
 
-    def to_plan(self, table_or_units, *, model: str | None = None, meta: dict | None = None):
+    def to_plan(self, table_or_units, *, model: str | None = None, meta: dict | None = None,
+                quantizer: str | None = None):
         """An :class:`~fqopt.plan.AllocationPlan` of this assignment.
 
         ``table_or_units`` is the :class:`~fqopt.sensitivity.SensitivityTable` the problem came
         from or its :class:`~fqopt.units.UnitSet`; ``model`` defaults to the table's
-        ``meta['model']`` (else ``'unknown'``).
+        ``meta['model']`` (else ``'unknown'``). ``quantizer`` is recorded in the plan and
+        applied with it; it defaults to the quantizer the table was profiled with
+        (``meta['quantizer']``), else ``maxabs``.
         """
         from fqopt.plan import AllocationPlan
         from fqopt.sensitivity import SensitivityTable, table_unit_set
@@ -101,13 +104,14 @@ class AllocationResult:
             units = table_unit_set(table_or_units)
             model = model or (table_or_units.meta or {}).get("model") or "unknown"
             bits = table_or_units.bits.tolist()
+            quantizer = quantizer or (table_or_units.meta or {}).get("quantizer")
         else:
             units, bits = table_or_units, None
             model = model or "unknown"
         return AllocationPlan.from_unit_bits(
             units, self.assignment, model=model, bits=bits, budget=dict(self.budget),
             objective=self.objective_name, predicted=self.predicted(), solver=self.summary(),
-            meta=meta)
+            meta=meta, quantizer=quantizer or "maxabs")
 
     def __repr__(self) -> str:
         obj = "-" if self.objective is None else f"{self.objective:.6g}"

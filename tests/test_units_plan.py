@@ -188,6 +188,7 @@ def test_plan_per_channel_keys_are_folded(resnet):
     d = plan.to_dict()
     d["assignments"] = {f"{n}[{c}]": 4 if c % 2 else 6 for n, shape in d["shapes"].items()
                         for c in range(shape[0])}
+    d["bits"] = [4, 6, 8]  # the candidates must include every assigned bit-width
     back = AllocationPlan.from_dict(d)
     assert back.layer_bits()["fc"].tolist() == [6, 4, 6, 4]
     del d["assignments"]["fc[3]"]

@@ -66,10 +66,50 @@ def print_report(report, fmt: str, title: str | None = None) -> None:
     _ui.print_table(None, cols, grows)
 
 
+def quantizer_options(f):
+    """``--quantizer`` (default: the plan's) and ``--override-quantizer`` of the commands that
+    apply a plan (evaluate, export, refine); resolve them with :func:`resolve_quantizer`."""
+    f = click.option("--override-quantizer", is_flag=True,
+                     help="Apply --quantizer even where it differs from the quantizer the plan "
+                          "records (said on stderr).")(f)
+    return click.option("--quantizer", default=None, metavar="NAME",
+                        help="Quantizer (maxabs, mse) [default: the one the plan records; "
+                             "maxabs for --uniform and for plans that record none].")(f)
+
+
+def resolve_quantizer(plan, given: str | None, override: bool, source: str) -> str:
+    """The quantizer to apply to ``plan`` (an AllocationPlan, or None for the FP model).
+
+    ``given`` (``--quantizer``) that contradicts the plan's recorded quantizer is a UserError
+    unless ``override`` (``--override-quantizer``), which is then said on stderr: an ``mse``
+    plan silently evaluated or exported with ``maxabs`` is a different model than the one the
+    search chose.
+    """
+    from fqopt.plan import DEFAULT_QUANTIZER, check_quantizer
+
+    if given is not None:
+        check_quantizer(given, where="--quantizer")
+    if override and given is None:
+        raise UserError("--override-quantizer needs --quantizer NAME (the quantizer to apply "
+                        "instead of the plan's)")
+    if plan is None:
+        return given or DEFAULT_QUANTIZER
+    if given is None or given == plan.quantizer:
+        return plan.quantizer
+    if not override:
+        raise UserError(f"--quantizer {given} contradicts {source}, which records quantizer "
+                        f"{plan.quantizer}; drop --quantizer to use {plan.quantizer}, or add "
+                        f"--override-quantizer to apply {given} anyway")
+    _ui.info(f"note: applying {source} (made with quantizer {plan.quantizer}) with quantizer "
+             f"{given}, as --override-quantizer asks")
+    return given
+
+
 def load_plan_or_uniform(run, model, plan: str | None, uniform: int | None,
-                         granularity="layer"):
-    """An AllocationPlan from ``--plan FILE`` or ``--uniform B`` (pins respected) checked
-    against ``model`` (the run's loaded model), or None."""
+                         granularity="layer", quantizer: str | None = None):
+    """An AllocationPlan from ``--plan FILE`` or ``--uniform B`` (pins respected, made with
+    ``quantizer``, default maxabs) checked against ``model`` (the run's loaded model), or
+    None."""
     if plan is not None and uniform is not None:
         raise click.UsageError("give --plan or --uniform, not both")
     if plan is None and uniform is None:
@@ -82,4 +122,5 @@ def load_plan_or_uniform(run, model, plan: str | None, uniform: int | None,
         p.validate(discover_units(model, p.granularity, pin="none"), model=run.model_name)
         return p
     units = discover_units(model, granularity)
-    return AllocationPlan.uniform(units, int(uniform), model=run.model_name)
+    return AllocationPlan.uniform(units, int(uniform), model=run.model_name,
+                                  quantizer=quantizer or "maxabs")

@@ -111,5 +111,10 @@ def _cell(v) -> str:
     return str(v)
 
 
+def warn(msg: str) -> None:
+    """One plain line on stderr (no wrapping, no markup): ``fqopt: warning: ...``."""
+    click.echo(f"fqopt: warning: {' '.join(str(msg).split())}", err=True)
+
+
 def info(msg: str) -> None:
     err.print(msg)

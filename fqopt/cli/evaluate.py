@@ -5,7 +5,8 @@ from __future__ import annotations
 import click
 
 from fqopt.cli import _ui
-from fqopt.cli._common import load_plan_or_uniform, print_report
+from fqopt.cli._common import (load_plan_or_uniform, print_report, quantizer_options,
+                               resolve_quantizer)
 
 
 @click.command("evaluate", help="Fairness report of the FP model or of a quantization plan.")
@@ -16,28 +17,48 @@ from fqopt.cli._common import load_plan_or_uniform, print_report
               help="Uniform bit-width for every unit (pinned layers stay at their bits).")
 @click.option("--split", type=click.Choice(["train", "search", "test"]), default="test",
               show_default=True)
-@click.option("--quantizer", type=click.Choice(["maxabs", "mse"]), default="maxabs",
-              show_default=True)
+@quantizer_options
 @click.option("--bootstrap", type=click.IntRange(0), default=0, show_default=True,
               help="Bootstrap resamples for confidence intervals (0: none).")
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
-              help="Report JSON [default: RUN/reports/eval_<what>_<split>.json].")
+              help="Report JSON [default: RUN/reports/eval_<what>_<split>.json; an existing "
+                   "report is kept unless --force].")
 @_ui.format_option
-def command(run_dir, plan, uniform, split, quantizer, bootstrap, out, fmt):
+@_ui.force_option
+def command(run_dir, plan, uniform, split, quantizer, override_quantizer, bootstrap, out, fmt,
+            force):
     from pathlib import Path
 
+    from fqopt._io import check_writable
     from fqopt.evaluation import evaluate
     from fqopt.runs import Run
 
+    if plan is not None and uniform is not None:
+        raise click.UsageError("give --plan or --uniform, not both")
     run = Run.open(run_dir)
     model = run.model()
-    p = load_plan_or_uniform(run, model, plan, uniform)
+    recorded = None
+    if plan is not None:
+        from fqopt.plan import AllocationPlan
+
+        # the plan's quantizer decides the default report name: check before loading the data
+        recorded = AllocationPlan.load(plan)
+        quantizer = resolve_quantizer(recorded, quantizer, override_quantizer, f"plan {plan}")
+    else:
+        quantizer = resolve_quantizer(None, quantizer, override_quantizer, "")
+    p = load_plan_or_uniform(run, model, plan, uniform, quantizer=quantizer)
+    what = "fp32" if p is None else (f"uniform{uniform}" if uniform else Path(plan).stem)
+    if (recorded is not None and quantizer != recorded.quantizer) or (
+            uniform is not None and quantizer != "maxabs"):
+        what += f"-{quantizer}"  # a report of another quantizer never takes the plan's name
+    # reports are results: an existing one is kept unless --force (as every fqopt output),
+    # checked before the evaluation runs
+    out = check_writable(Path(out) if out else run.reports_dir / f"eval_{what}_{split}.json",
+                         force, what="report")
     ds = run.dataset()
     with _ui.RichProgress(transient=True) as cb:
         rep = evaluate(model, ds, split, plan=p, quantizer=quantizer, bootstrap=bootstrap,
                        seed=run.seed, callback=cb)
-    what = "fp32" if p is None else (f"uniform{uniform}" if uniform else Path(plan).stem)
-    out = Path(out) if out else run.reports_dir / f"eval_{what}_{split}.json"
     rep.save(out)
     title = f"{run.model_name} {what}, {split} split"
     if p is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from fqopt.cli import _ui
+from fqopt.cli._common import quantizer_options, resolve_quantizer
 
 
 @click.command("export", help="Write packed low-bit weights (safetensors) for a plan; with "
@@ -20,8 +21,7 @@ from fqopt.cli import _ui
 @click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,
               help="Export these weights (a state dict, e.g. a fine-tuned model) instead of "
                    "RUN/model.pt.")
-@click.option("--quantizer", type=click.Choice(["maxabs", "mse"]), default="maxabs",
-              show_default=True)
+@quantizer_options
 @click.option("--allow-over-budget", is_flag=True,
               help="Export a plan even if it exceeds the budget it records.")
 @click.option("--check", "check_file", type=click.Path(dir_okay=False), default=None,
@@ -30,8 +30,8 @@ from fqopt.cli import _ui
                    "model.")
 @_ui.format_option
 @_ui.force_option
-def command(run_dir, plan, uniform, out, checkpoint, quantizer, allow_over_budget, check_file,
-            fmt, force):
+def command(run_dir, plan, uniform, out, checkpoint, quantizer, override_quantizer,
+            allow_over_budget, check_file, fmt, force):
     if check_file is not None:
         _check(check_file, run_dir, plan, uniform, out, checkpoint, fmt)
         return
@@ -42,6 +42,10 @@ def command(run_dir, plan, uniform, out, checkpoint, quantizer, allow_over_budge
 
     if (plan is None) == (uniform is None):
         raise click.UsageError("give --plan PLAN or --uniform BITS (one of them)")
+    from fqopt.plan import AllocationPlan
+
+    recorded = AllocationPlan.load(plan) if plan is not None else None
+    quantizer = resolve_quantizer(recorded, quantizer, override_quantizer, f"plan {plan}")
     run = Run.open(run_dir or "runs/default")
     stem = Path(plan).stem if plan else f"uniform{uniform}"
     out = Path(out) if out else run.path / "exports" / f"{stem}.safetensors"
@@ -52,11 +56,10 @@ def command(run_dir, plan, uniform, out, checkpoint, quantizer, allow_over_budge
     if plan is not None:
         p = plan  # a path: export() loads it and names it in its messages
     else:
-        from fqopt.plan import AllocationPlan
         from fqopt.units import discover_units
 
         p = AllocationPlan.uniform(discover_units(model, "layer"), uniform,
-                                   model=run.model_name)
+                                   model=run.model_name, quantizer=quantizer)
     info = ex.export(model, p, out, quantizer=quantizer, model_name=run.model_name,
                      num_classes=run.num_classes, image_size=run.image_size, force=force,
                      allow_over_budget=allow_over_budget)

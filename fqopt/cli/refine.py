@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from fqopt.cli import _ui
+from fqopt.cli._common import quantizer_options, resolve_quantizer
 
 FAIRNESS_HELP = "range (FairQuant), worst, cvar[:α] or dro[:η] (Group DRO)."
 
@@ -38,8 +39,7 @@ FAIRNESS_HELP = "range (FairQuant), worst, cvar[:α] or dro[:η] (Group DRO)."
 @click.option("--balanced", is_flag=True, help="Sample groups equally often.")
 @click.option("--bits", "bits_text", default=None,
               help="Candidate bit-widths for the rounding [default: the plan's].")
-@click.option("--quantizer", type=click.Choice(["maxabs", "mse"]), default="maxabs",
-              show_default=True)
+@quantizer_options
 @click.option("--solver", default="lagrange", show_default=True,
               help="Solver back-end for the rounding.")
 @click.option("--allow-over-budget", is_flag=True,
@@ -52,13 +52,27 @@ FAIRNESS_HELP = "range (FairQuant), worst, cvar[:α] or dro[:η] (Group DRO)."
 @_ui.force_option
 def command(run_dir, plan_path, budget, budget_kind, fairness, lambda_fair, lambda_budget,
             epochs, finetune_epochs, lr, bit_lr, batch_size, steps_per_epoch, balanced,
-            bits_text, quantizer,
+            bits_text, quantizer, override_quantizer,
             solver, allow_over_budget, seed, device, out_dir, fmt, force):
-    from fqopt.baq import refine, step_time_ratio
+    from pathlib import Path
+
+    from fqopt.baq import finished_refinement, refine, step_time_ratio
+    from fqopt.errors import UserError
     from fqopt.cli._common import parse_bits
     from fqopt.runs import Run
 
+    from fqopt.plan import AllocationPlan
+    from fqopt.solvers import get_solver
+
+    get_solver(solver)  # an unknown back-end fails before any training
+    quantizer = resolve_quantizer(AllocationPlan.load(plan_path), quantizer, override_quantizer,
+                                  f"plan {plan_path}")
     run = Run.open(run_dir)
+    out = Path(out_dir) if out_dir else run.path / "refined" / Path(plan_path).stem
+    if finished_refinement(out) and not force:
+        # a finished refinement is a result: rerunning would write its model.pt again
+        raise UserError(f"refine output {out} already holds a finished refinement (refine.json, "
+                        "plan.json, model.pt); pass --force to redo it, or choose another --out")
     bits = parse_bits(bits_text) if bits_text else None
     with _ui.RichProgress(transient=True) as cb:
         result = refine(run, plan_path, budget=budget, budget_kind=budget_kind,

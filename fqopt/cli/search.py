@@ -30,6 +30,20 @@ def _split_list(text: str, what: str) -> tuple[str, ...]:
     return items
 
 
+def _check_names(methods, quantizers) -> None:
+    from fqopt.errors import UserError
+    from fqopt.profiling import available_methods
+    from fqopt.quantizers import METHODS as QUANTIZERS
+
+    for option, given, known in (("--methods", methods, available_methods()),
+                                 ("--quantizers", quantizers, QUANTIZERS)):
+        bad = [x for x in given if x not in known]
+        if bad:
+            raise UserError(f"{option}: {', '.join(map(repr, bad))} "
+                            f"{'is not a known name' if len(bad) == 1 else 'are not known names'}"
+                            f"; expected some of {', '.join(known)}")
+
+
 @click.command("search", help="Optuna multi-objective search over plans. With no arguments: "
                               "train the default run if needed, profile, search, re-evaluate "
                               "the Pareto plans on the test split and write the report.")
@@ -67,8 +81,8 @@ def _split_list(text: str, what: str) -> tuple[str, ...]:
 @click.option("--force", is_flag=True,
               help="Delete the study and start the search over (the trained model and the "
                    "tables are kept).")
-@click.option("--dataset", default="synthderm", show_default=True,
-              help="Dataset of a new run (when RUN has none).")
+@click.option("--dataset", default=None,
+              help="Dataset of a new run (when RUN has none) [default: synthderm].")
 @click.option("--model", default=None, help="timm architecture of a new run [default: "
                                             "test_resnet].")
 @click.option("--samples", type=click.IntRange(12), default=None,
@@ -86,6 +100,9 @@ def command(run_dir, trials, storage, study_name, sampler, seed, granularity, me
 
     quiet_optuna()
     lo_hi = parse_budget_range(budget_range)
+    method_list = _split_list(methods, "--methods")
+    quantizer_list = _split_list(quantizers, "--quantizers")
+    _check_names(method_list, quantizer_list)  # before training, profiling or any storage
     train = TrainOptions(dataset=dataset, model=model, samples=samples, image_size=image_size,
                          epochs=epochs, seed=seed)
     precheck(run_dir, storage=storage, study_name=study_name, granularity=granularity,
@@ -93,8 +110,7 @@ def command(run_dir, trials, storage, study_name, sampler, seed, granularity, me
     with _ui.RichProgress() as cb:
         result = run_pipeline(run_dir, n_trials=trials, storage=storage, study_name=study_name,
                               sampler=sampler, seed=seed, granularity=granularity,
-                              methods=_split_list(methods, "--methods"),
-                              quantizers=_split_list(quantizers, "--quantizers"),
+                              methods=method_list, quantizers=quantizer_list,
                               budget_range=lo_hi, direct=direct, refine_top=refine_top,
                               report=not no_report, timeout=timeout, force=force, train=train,
                               callback=cb)

@@ -11,12 +11,17 @@ from fqopt.cli._common import parse_options, print_report
 def train_run(run_dir, *, dataset="synthderm", model=None, image_size=None, samples=None,
               data_root=None, data_options=(), seed=0, force=False, config=None,
               fmt="table", quiet=False):
-    """Create (or resume) a run and train it; shared with ``fqopt search``."""
+    """Create (or resume) a run and train it; shared with ``fqopt search``.
+
+    Everything a user can get wrong (the device, an option that differs from the run being
+    resumed, a damaged training state) is checked before anything is written; the run folder is
+    locked while it trains, and a failed first attempt leaves no stray folder behind.
+    """
     from pathlib import Path
 
     from fqopt.errors import UserError
-    from fqopt.evaluation import evaluate
-    from fqopt.runs import Run
+    from fqopt.evaluation import evaluate, resolve_device
+    from fqopt.runs import Run, training_session
     from fqopt.training import TrainConfig, train
 
     options = parse_options(data_options)
@@ -27,35 +32,27 @@ def train_run(run_dir, *, dataset="synthderm", model=None, image_size=None, samp
             raise UserError("--samples applies to the synthderm dataset only")
         options["n"] = int(samples)
     config = config or TrainConfig(seed=seed)
+    resolve_device(config.device)  # a missing GPU or a bad name fails before anything is written
     path = Path(run_dir)
-    if (path / "config.json").exists() and not force:
-        run = Run.open(path)
-        if run.has_model() and not run.train_state_path.exists():
-            raise UserError(f"run {path} already has a trained model; pass --force to retrain")
-        state_done = False
-        if run.train_state_path.exists():
-            import torch
-
-            saved = torch.load(run.train_state_path, map_location="cpu", weights_only=True)
-            state_done = bool(saved["state"].get("finished"))
-        if state_done:
-            raise UserError(f"run {path} is already trained; pass --force to retrain")
-        want_model = model or run.model_name
-        if want_model != run.model_name or dataset != run.config["dataset"]["name"]:
-            raise UserError(f"run {path} holds {run.config['dataset']['name']}/{run.model_name},"
-                            f" not {dataset}/{want_model}; pass --force to start over")
+    with training_session(path):
+        if (path / "config.json").exists() and not force:
+            run = Run.open(path)
+            _check_resumable(run, dataset=dataset, options=options, model=model,
+                             image_size=image_size, seed=seed, config=config)
+            if not quiet:
+                _ui.info(f"resuming training of {path}")
+        else:
+            run = Run.create(path, dataset=dataset, dataset_options=options, model=model,
+                             image_size=image_size, seed=seed, force=force)
+        ds = run.dataset()
         if not quiet:
-            _ui.info(f"resuming training of {path}")
-    else:
-        run = Run.create(path, dataset=dataset, dataset_options=options, model=model,
-                         image_size=image_size, seed=seed, force=force)
-    ds = run.dataset()
-    if not quiet:
-        _ui.info(f"[bold]train[/] {run.model_name} on {ds.name}: {len(ds)} samples, "
-                 f"{ds.num_classes} classes, groups {', '.join(ds.group_names)}, "
-                 f"{ds.image_size}px → {path}")
-    with _ui.RichProgress(transient=True) as cb:
-        result = train(run, config, callback=cb)
+            _ui.info(f"[bold]train[/] {run.model_name} on {ds.name}: {len(ds)} samples, "
+                     f"{ds.num_classes} classes, groups {', '.join(ds.group_names)}, "
+                     f"{ds.image_size}px → {path}")
+            for line in dataset_warnings(ds):
+                _ui.warn(line)
+        with _ui.RichProgress(transient=True) as cb:
+            result = train(run, config, callback=cb)
     rep = evaluate(run.model(), ds, "test")
     run.reports_dir.mkdir(parents=True, exist_ok=True)
     rep.save(run.reports_dir / "fp_test.json")
@@ -64,6 +61,85 @@ def train_run(run_dir, *, dataset="synthderm", model=None, image_size=None, samp
                  f"{result['best_avg_acc']:.4f}); FP32 test figures:")
         print_report(rep, fmt, title=f"{run.model_name} FP32, test split")
     return run, rep
+
+
+#: run-config keys -> the option that sets them (the rest come from --data-option KEY=VALUE)
+_OPTION_FLAGS = {"n": "--samples", "image_size": "--image-size", "root": "--data-root",
+                 "seed": "--seed", "epochs": "--epochs", "batch_size": "--batch-size",
+                 "lr": "--lr", "weight_decay": "--weight-decay", "balanced": "--balanced",
+                 "patience": "--patience"}
+
+
+def _flag(key: str, data_option: bool) -> str:
+    if key in _OPTION_FLAGS:
+        return _OPTION_FLAGS[key]
+    return f"--data-option {key}" if data_option else key
+
+
+def _check_resumable(run, *, dataset, options, model, image_size, seed, config) -> None:
+    """A rerun of ``fqopt train`` on an unfinished run resumes it only with the options it was
+    started with: a changed dataset, sample count, image size, model or training setting is a
+    UserError naming the option (never silently ignored)."""
+    from dataclasses import asdict
+
+    from fqopt.errors import UserError
+    from fqopt.runs import Run
+    from fqopt.training import config_difference, read_train_state
+
+    path = run.path
+    if run.has_model() and not run.train_state_path.exists():
+        raise UserError(f"run {path} already has a trained model; pass --force to retrain")
+    saved = read_train_state(run.train_state_path) if run.train_state_path.exists() else None
+    if saved is not None and saved["state"].get("finished"):
+        raise UserError(f"run {path} is already trained; pass --force to retrain")
+    again = "rerun with the options it was started with to resume it, or pass --force to start over"
+    old_ds = run.config["dataset"]
+    if dataset != old_ds["name"]:
+        raise UserError(f"run {path} was started with --dataset {old_ds['name']}, not "
+                        f"{dataset}; {again}")
+    if (model or run.model_name) != run.model_name:
+        raise UserError(f"run {path} was started with --model {run.model_name}, not {model}; "
+                        f"{again}")
+    wanted = Run.dataset_options(dataset, options, image_size=image_size, seed=seed)
+    stored = old_ds.get("options") or {}
+    for key in sorted(set(stored) | set(wanted)):
+        if stored.get(key) != wanted.get(key):
+            flag = _flag(key, data_option=True)
+            was = f"without {flag}" if key not in stored else f"with {flag} {stored[key]!r}"
+            now = (f"does not give {flag}" if key not in wanted
+                   else f"gives {flag} {wanted[key]!r}")
+            raise UserError(f"run {path} was started {was}, this command {now}; {again}")
+    stored_train = run.config.get("train") or (saved or {}).get("config") or {}
+    if stored_train:
+        differ = config_difference(stored_train, asdict(config))
+        if differ is not None:
+            key, old, new = differ
+            flag = _flag(key, data_option=False)
+            raise UserError(f"run {path} was started with {flag} {old!r}, this command gives "
+                            f"{flag} {new!r}; {again}")
+
+
+def dataset_warnings(ds) -> list[str]:
+    """Lines to warn about: a group with no samples in a split.
+
+    A warning, not an error: the run is still usable (a small group may miss one split by
+    chance of the stratified draw), but that split's figures silently leave the group out —
+    worst_acc on a split without the darkest skin type is not the worst group's accuracy — so
+    the user must hear it before trusting the numbers, not find it in a JSON field.
+    """
+    import numpy as np
+
+    out = []
+    for split, idx in ds.splits.items():
+        counts = np.bincount(ds.groups[idx], minlength=ds.num_groups)
+        empty = [g for g, c in zip(ds.group_names, counts) if c == 0]
+        if empty:
+            out.append(f"group{'s' if len(empty) > 1 else ''} {', '.join(map(repr, empty))} "
+                       f"of dataset {ds.name!r} ha{'ve' if len(empty) > 1 else 's'} no samples "
+                       f"in the {split} split: its figures on that split leave "
+                       f"{'them' if len(empty) > 1 else 'it'} out (worst_acc too); add data "
+                       "or merge groups")
+    return out
 
 
 @click.command("train", help="Train the full-precision baseline of a run.")

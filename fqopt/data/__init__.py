@@ -9,6 +9,8 @@ from __future__ import annotations
 import importlib
 import inspect
 
+import numpy as np
+
 from fqopt.data._base import (SPLITS, FairDataset, iter_batches, stratified_split)
 from fqopt.errors import UserError
 
@@ -45,4 +47,19 @@ def load(name: str = "synthderm", **options) -> FairDataset:
             valid = [k for k, p in params.items() if p.kind is not p.VAR_POSITIONAL]
             raise UserError(f"dataset {name!r} has no option {unknown[0]!r}; its options are "
                             f"{', '.join(valid)}")
-    return loader(**options)
+    return check_classes(loader(**options))
+
+
+def check_classes(ds: FairDataset) -> FairDataset:
+    """A dataset whose samples all have one label cannot train or evaluate a classifier (its
+    accuracy is 1 by construction): a UserError naming the file and the label column."""
+    present = sorted(set(np.unique(ds.labels).tolist())) if len(ds) else []
+    if len(present) < 2:
+        info = ds.info or {}
+        where = f" ({info['csv']})" if info.get("csv") else ""
+        column = (info.get("columns") or {}).get("label") or info.get("target")
+        what = f"column {column!r}" if column else "its labels"
+        only = (f"only class {ds.class_names[present[0]]!r}" if present else "no samples")
+        raise UserError(f"dataset {ds.name!r}{where}: {what} has {only} after filtering "
+                        f"({len(ds)} samples); a classifier needs at least two classes")
+    return ds
