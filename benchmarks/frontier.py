@@ -591,6 +591,27 @@ def draw_test(per_group: int, image_size: int, seed: int):
                            "per_group": per_group})
 
 
+def cached_test_draw(cache: Path, per_group: int, image_size: int, seed: int):
+    """:func:`draw_test`, kept as ``CACHE/testdraw-...npz`` (rendering takes a minute)."""
+    from fqopt.data._synthderm import SynthDerm
+
+    f = cache / f"testdraw-{image_size}px-{per_group}-s{seed}.npz"
+    if f.is_file():
+        z = np.load(f)
+        ref = draw_test(10, 8, 0)   # names and info only
+        n = len(z["labels"])
+        return SynthDerm(z["images"], name="synthderm", class_names=ref.class_names,
+                         group_names=ref.group_names, labels=z["labels"], groups=z["groups"],
+                         image_size=image_size, attribute="skin_type",
+                         splits={"test": np.arange(n)},
+                         info={"generator": "synthderm (tone-stratified)", "seed": seed,
+                               "per_group": per_group})
+    test = draw_test(per_group, image_size, seed)
+    cache.mkdir(parents=True, exist_ok=True)
+    np.savez(f, images=test.images, labels=test.labels, groups=test.groups)
+    return test
+
+
 # =========================================================================== evaluation
 def predict_correct(model, test) -> np.ndarray:
     from fqopt.evaluation import predict
@@ -908,7 +929,8 @@ def main(argv=None):
     for fname in args.families:
         family = FAMILIES[fname]
         t0 = time.perf_counter()
-        test = draw_test(args.test_vi, family.image_size, args.test_seed)
+        test = cached_test_draw(Path(args.cache), args.test_vi, family.image_size,
+                                args.test_seed)
         log(f"{fname}: test draw {len(test)} images in {time.perf_counter() - t0:.0f} s")
         per_model, model_info = [], []
         for seed in range(args.models):
