@@ -6,6 +6,7 @@ One command::
         [--families cnn,vit] [--models 3] [--budgets 2.25,2.5,2.75,3.0,3.5,4.0] \\
         [--test-vi 1500] [--search-trials 40] [--finetune] [--rows NAME,...] \\
         [--cache runs/frontier] [--out bench_out/frontier.json] [--quick]
+    .venv/bin/python benchmarks/frontier.py --print bench_out/frontier.json   # tables again
 
 **Models.** Per family (``cnn``: ``test_resnet`` at 40 px, synthderm's default; ``vit``:
 ``test_vit`` at 64 px, since its 16-px patches leave 2×2 tokens at 40 px), ``--models`` runs
@@ -411,6 +412,44 @@ class _quiet_stdout:
         os.close(self.saved)
 
 
+class _VitForMCT(torch.nn.Module):
+    """A timm VisionTransformer (class token, learned position embedding, token pooling)
+    re-expressed with plain tensor ops, sharing the original's modules, so that MCT's torch.fx
+    tracer can read it (timm's forward passes an ``attn_mask=None`` through every block and
+    fused attention, which MCT 2.6 cannot trace). Same outputs to float rounding."""
+
+    def __init__(self, vit):
+        super().__init__()
+        self.vit = vit
+        self.tokens = vit.patch_embed.num_patches + vit.num_prefix_tokens
+        self.dim = vit.embed_dim
+        self.heads = vit.blocks[0].attn.num_heads
+        if vit.num_prefix_tokens != 1 or vit.global_pool != "token":
+            raise Skip("MCT wrapper handles ViTs with one class token and token pooling only")
+
+    def _attn(self, a, x):
+        hd = self.dim // self.heads
+        qkv = a.qkv(x).reshape(-1, self.tokens, 3, self.heads, hd).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        q, k = a.q_norm(q), a.k_norm(k)
+        attn = torch.softmax((q * a.scale) @ k.transpose(-2, -1), dim=-1)
+        x = (attn @ v).transpose(1, 2).reshape(-1, self.tokens, self.dim)
+        x = getattr(a, "norm", torch.nn.Identity())(x)
+        return a.proj(x)
+
+    def forward(self, x):
+        v = self.vit
+        x = v.patch_embed(x)
+        cls = v.cls_token.expand(x.shape[0], -1, -1)
+        x = torch.cat([cls, x], dim=1) + v.pos_embed
+        x = v.norm_pre(x)
+        for b in v.blocks:
+            x = x + b.ls1(self._attn(b.attn, b.norm1(x)))
+            x = x + b.ls2(b.mlp(b.norm2(x)))
+        x = v.norm(x)
+        return v.head(v.fc_norm(x[:, 0]))
+
+
 # =========================================================================== per model
 class ModelContext:
     """One trained model and everything rows share: the run, its FP model (eval, CPU), its
@@ -498,9 +537,8 @@ class ModelContext:
                               image_size=self.family.image_size, **kw)
         model.load_state_dict(self.model.state_dict())
         model.eval()
-        for m in model.modules():
-            if hasattr(m, "fused_attn"):
-                m.fused_attn = False         # MCT's graph cannot hold SDPA
+        if "vit" in self.family.model:
+            model = _VitForMCT(model).eval()
         n_w = sum(m.weight.numel() for m in model.modules()
                   if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)))
         idx = np.random.default_rng([self.seed, 512]).permutation(
@@ -711,10 +749,10 @@ def run_model(ctx: ModelContext, rows: list[Row], args) -> dict:
             if reuse and f.is_file():
                 z = np.load(f, allow_pickle=False)
                 rec = json.loads(str(z["record"]))
-                if "_skip" not in rec:
+                if "_skip" not in rec:   # a skipped row is tried again
                     rec["_correct"] = z["correct"]
-                out[row.name][tag] = rec
-                continue
+                    out[row.name][tag] = rec
+                    continue
             t0 = time.perf_counter()
             try:
                 cand = row.fn(ctx, budget)
@@ -910,7 +948,29 @@ def parse_args(argv):
     return args
 
 
+def print_saved(path: str) -> None:
+    """Print the tables of a JSON this script wrote (also a partial one, after any model)."""
+    res = json.loads(Path(path).read_text())
+    a = res["args"]
+    args = argparse.Namespace(budgets=a["budgets"], test_vi=a["test_vi"],
+                              test_seed=a["test_seed"], resamples=a["resamples"])
+    rows = [Row(name, r["label"], None, r["kind"], r["finetune"], name != "fp32")
+            for name, r in res["rows"].items()]
+    for fname, fam in res["families"].items():
+        print_table(fname, Family(fam["model"], fam["image_size"]), fam, rows, args,
+                    len(fam["models"]))
+    print(f"\ncommand: {res['command']}\nmachine: {res['machine']}; {res['seconds'] / 60:.1f} "
+          f"min so far; models: " + "; ".join(f"{m['run']} {m['seconds'] / 60:.1f} min"
+                                             for f in res["families"].values()
+                                             for m in f["models"]))
+
+
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--print"]:
+        if len(argv) != 2:
+            raise UserError("--print takes one JSON file written by this script")
+        return print_saved(argv[1])
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
