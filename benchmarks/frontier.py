@@ -41,8 +41,10 @@ budget (parameter-weighted average bits) on the same test draw:
 - ``mct_wonly`` / ``mct_default``: Sony MCT mixed-precision PTQ
   (``mct.ptq.pytorch_post_training_quantization`` with
   ``ResourceUtilization(weights_memory=budget · n_weights / 8)``, 512 representative train
-  images, its IMX500 v1 platform: weight bits {8,4,2}, BN folding, MSE thresholds, bias
-  correction), weights only and with its default 8-bit activations. Optional dependency
+  images, its mixed-precision search scoring on its default 32 of them, its IMX500 v1
+  platform: weight bits {8,4,2}, BN folding, MSE thresholds, bias correction), weights only and
+  with its default 8-bit activations; test_vit goes through :class:`_VitForMCT`, a traceable
+  re-expression of timm's forward with the same modules. Optional dependency
   (``pip install .[bench]``); skipped with a note when missing or when MCT cannot trace the
   model;
 - ``fqopt_default``: :func:`fqopt_default` below (edit it to change fqopt's configuration);
@@ -551,7 +553,9 @@ class ModelContext:
 
         ru = mct.core.ResourceUtilization(weights_memory=budget * n_w / 8)
         cc = mct.core.CoreConfig(
-            mixed_precision_config=mct.core.MixedPrecisionQuantizationConfig())
+            mixed_precision_config=mct.core.MixedPrecisionQuantizationConfig(
+                **({"num_of_images": self.args.mct_mp_images} if self.args.mct_mp_images
+                   else {})))
         t0 = time.perf_counter()
         try:
             import logging
@@ -720,6 +724,8 @@ def cache_key(args, family: Family, row: Row) -> str:
              "row": row.name}
     if row.name.startswith("mct"):
         parts["mct_images"] = args.mct_images
+        if args.mct_mp_images:
+            parts["mct_mp_images"] = args.mct_mp_images
     if row.name == "fqopt_search":
         parts.update(trials=args.search_trials, lo=min(args.budgets))
     if row.finetune:
@@ -889,6 +895,8 @@ def parse_args(argv):
     p.add_argument("--search-trials", type=int, default=40)
     p.add_argument("--calib", type=int, default=1024, help="fqopt profiling samples")
     p.add_argument("--mct-images", type=int, default=512)
+    p.add_argument("--mct-mp-images", type=int, default=0,
+                   help="images MCT's mixed-precision search scores with (0: MCT's default)")
     p.add_argument("--finetune", action="store_true", help="add the fine-tuned rows")
     p.add_argument("--finetune-epochs", type=int, default=2)
     p.add_argument("--finetune-steps", type=int, default=50, help="steps per fine-tune epoch")
@@ -905,7 +913,8 @@ def parse_args(argv):
     p.add_argument("--out", default="bench_out/frontier.json")
     p.add_argument("--quick", action="store_true",
                    help="smoke run: 1 model per family, 150 images per type, 2 budgets, "
-                        "6 trials, 1,500 samples trained 3 epochs, separate cache")
+                        "6 trials, 1,500 samples trained 3 epochs, MCT on fewer images, "
+                        "separate cache")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
     if args.quick:
@@ -917,6 +926,7 @@ def parse_args(argv):
         args.samples = args.samples or 1500
         args.calib = 256 if args.calib == 1024 else args.calib
         args.mct_images = 128 if args.mct_images == 512 else args.mct_images
+        args.mct_mp_images = args.mct_mp_images or 8
         args.resamples = 300 if args.resamples == 2000 else args.resamples
         args.finetune_steps = 5 if args.finetune_steps == 50 else args.finetune_steps
         args.finetune_epochs = 1 if args.finetune_epochs == 2 else args.finetune_epochs
@@ -933,6 +943,8 @@ def parse_args(argv):
     if bad or not args.families:
         raise UserError(f"--families: unknown {bad or '[]'}; expected some of "
                         f"{', '.join(FAMILIES)}")
+    if args.mct_mp_images < 0:
+        raise UserError(f"--mct-mp-images must be ≥ 0, got {args.mct_mp_images}")
     for name in ("models", "test_vi", "search_trials", "calib", "mct_images", "resamples",
                  "finetune_steps"):
         if getattr(args, name) < 1:
