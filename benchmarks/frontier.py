@@ -399,19 +399,24 @@ def _mct_tpc(activations: bool):
 
 
 class _quiet_stdout:
-    """Send file descriptor 1 (C-level writes included) to /dev/null inside the block."""
+    """Send file descriptors 1 and 2 (C-level writes and progress bars included) to /dev/null
+    inside the block; exceptions still propagate."""
 
     def __enter__(self):
         sys.stdout.flush()
-        self.saved = os.dup(1)
+        sys.stderr.flush()
+        self.saved = [os.dup(1), os.dup(2)]
         null = os.open(os.devnull, os.O_WRONLY)
         os.dup2(null, 1)
+        os.dup2(null, 2)
         os.close(null)
 
     def __exit__(self, *exc):
         sys.stdout.flush()
-        os.dup2(self.saved, 1)
-        os.close(self.saved)
+        sys.stderr.flush()
+        for fd, saved in zip((1, 2), self.saved):
+            os.dup2(saved, fd)
+            os.close(saved)
 
 
 class _VitForMCT(torch.nn.Module):
@@ -560,7 +565,7 @@ class ModelContext:
         try:
             import logging
             logging.getLogger("Model Compression Toolkit").setLevel(logging.ERROR)
-            with _quiet_stdout():   # its MILP solver (CBC) prints to the process's stdout
+            with _quiet_stdout():   # its MILP solver (CBC) and progress bars print
                 q, _ = mct.ptq.pytorch_post_training_quantization(
                     model, representative, target_resource_utilization=ru, core_config=cc,
                     target_platform_capabilities=_mct_tpc(activations))
