@@ -129,6 +129,53 @@ def fqopt_search(ctx: "ModelContext", budget: float) -> "Candidate":
                            "search_worst_acc": t.values[1], "search_avg_acc": t.values[0]})
 
 
+def fqopt_mse(ctx: "ModelContext", budget: float) -> "Candidate":
+    """fqopt static ``worst`` (fisher table, channel units, default pins, lagrange) applied with
+    the ``mse`` quantizer (per-channel clipping chosen by weight MSE, as MCT's thresholds)."""
+    plan = ctx.solve("fisher", "worst", budget)
+    plan.quantizer = "mse"
+    return Candidate(plan=plan, quantizer="mse")
+
+
+def fqopt_mse_bn(ctx: "ModelContext", budget: float) -> "Candidate":
+    """:func:`fqopt_mse`, then the BatchNorm statistics re-estimated on 1,024 stratified train
+    images under the quantized weights (``fqopt.calibration``)."""
+    from fqopt.apply import quantize_
+    from fqopt.calibration import recalibrate_batchnorm
+    from fqopt.data import iter_batches
+    from fqopt.profiling import select_calibration
+
+    cand = fqopt_mse(ctx, budget)
+    model = copy.deepcopy(ctx.model).eval()
+    quantize_(model, cand.plan, method="mse")
+    ds = ctx.dataset
+    idx = select_calibration(ds.groups, ds.split("train"), 1024, 0)
+    recalibrate_batchnorm(model, iter_batches(ds, idx, 128))
+    return Candidate(plan=cand.plan, model=model.eval(), info={"bn_images": len(idx)})
+
+
+def fqopt_qat(ctx: "ModelContext", budget: float) -> "Candidate":
+    """:func:`fqopt_mse`'s plan, then the same fixed-bit fine-tuning as FQ-QAT (CE + 0.5·range
+    of group losses, ``--finetune-epochs`` × ``--finetune-steps``), so that the pair differs
+    only in the plan and the quantizer."""
+    from fqopt import models
+    from fqopt.baq import refine
+
+    plan = fqopt_mse(ctx, budget).plan
+    args = ctx.args
+    res = refine(ctx.run, plan, budget=plan.avg_bits, epochs=0,
+                 finetune_epochs=args.finetune_epochs, steps_per_epoch=args.finetune_steps,
+                 fairness="range", lambda_fair=0.5, quantizer="mse", seed=ctx.seed,
+                 device="cpu", out_dir=ctx.run.path / "frontier-fqopt-qat" / f"{budget:g}",
+                 force=True, evaluate=False)
+    model = models.create(ctx.family.model, ctx.run.num_classes,
+                          image_size=ctx.family.image_size)
+    models.load_weights(model, res.checkpoint, name=ctx.family.model)
+    return Candidate(plan=res.plan, model=model.eval(), quantizer="mse",
+                     info={"finetune_epochs": args.finetune_epochs,
+                           "steps_per_epoch": args.finetune_steps})
+
+
 # =========================================================================== registry
 class Skip(Exception):
     """A row that cannot run here (missing optional dependency, no plan in budget)."""
@@ -169,6 +216,9 @@ def register_row(name: str, label: str, *, kind: str = "baseline", finetune: boo
 
 register_row("fqopt_default", "fqopt default (worst, fisher)", kind="fqopt")(fqopt_default)
 register_row("fqopt_search", "fqopt search recommends", kind="fqopt")(fqopt_search)
+register_row("fqopt_mse", "fqopt worst, mse quantizer", kind="fqopt")(fqopt_mse)
+register_row("fqopt_mse_bn", "fqopt worst, mse, BN re-estimated", kind="fqopt")(fqopt_mse_bn)
+register_row("fqopt_qat", "fqopt worst, mse, fine-tuned", kind="fqopt", finetune=True)(fqopt_qat)
 
 
 @register_row("fp32", "FP32", kind="reference", per_budget=False)
