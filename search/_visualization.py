@@ -332,21 +332,29 @@ def importance_info(study, *, min_trials: int = 8, seed: int = 0) -> ImportanceI
     sampled.add_trials(trials)
     out: dict[str, dict[str, float]] = {}
     params: list[str] = []
+    skipped = []
     for i, name in enumerate(METRIC_NAMES):
+        if len({t.values[i] for t in trials}) < 2:
+            skipped.append(f"{name} is the same in every sampled trial")
+            continue
         try:
             imp = optuna.importance.get_param_importances(
                 sampled, target=lambda t, i=i: t.values[i],
                 evaluator=optuna.importance.FanovaImportanceEvaluator(seed=seed))
         except (RuntimeError, ValueError) as exc:
-            return ImportanceInfo([], {}, f"importances unavailable: {exc}")
+            skipped.append(f"{name}: {exc}")
+            continue
         out[name] = {k: float(v) for k, v in imp.items()}
         params = params or list(imp)
+    note = "; ".join(skipped)
+    if not out:
+        return ImportanceInfo([], {}, f"importances unavailable: {note}")
     if len(params) < 2:
         return ImportanceInfo(params, out, "a single parameter: nothing to compare")
     if len(params) > 12:  # direct mode: one parameter per layer; keep the 12 most important
         total = {p: sum(out[m].get(p, 0.0) for m in out) for p in params}
         params = sorted(params, key=lambda p: -total[p])[:12]
-    return ImportanceInfo(params, out)
+    return ImportanceInfo(params, out, note)
 
 
 # =========================================================================== renderers
@@ -613,7 +621,8 @@ def plot_importance(info: ImportanceInfo):
     ax.set_yticklabels(info.params)
     ax.invert_yaxis()
     ax.set_xlabel("importance (fANOVA, normalised per objective)")
-    ax.set_title("Parameter importances")
+    ax.set_title("Parameter importances (sampled trials; seed trials left out)"
+                 + (f"\n{info.message}" if info.message else ""), fontsize=10)
     ax.grid(True, axis="x", alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
