@@ -233,7 +233,8 @@ def _verdict_html(results: dict) -> str:
             "method", "") else "unpaired intervals"
         word = {"better": "better than", "worse": "worse than",
                 "tie": "a tie with"}.get(w.get("verdict"), "compared with")
-        out.append(f"<p class='{cls}'>Against the best baseline at ≤ {budget:g} bits, "
+        out.append(f"<p class='{cls}'>Against the best baseline at ≤ {budget:g} bits (the "
+                   "strongest test worst_acc among uniform, FairQuant and HAWQ-style plans), "
                    f"{html.escape(base['label'])} ({base['avg_bits']:.2f} bits; test worst_acc "
                    f"{interval_text(base.get('test'), 'worst_acc')}): {word} it. "
                    f"Recommended − baseline ({how}, 95 %): worst_acc "

@@ -164,7 +164,8 @@ def print_summary(res: dict, report_path=None) -> None:
                  f"{interval_text(rec['test'], 'avg_acc')}")
         base = s.get("best_baseline")
         if base is not None:
-            info(f"  best baseline at ≤ {budget:g} bits: {base['label']} ({base['avg_bits']:.2f} "
+            info(f"  best baseline at ≤ {budget:g} bits (strongest test worst_acc of uniform, "
+                 f"FairQuant, HAWQ-style): {base['label']} ({base['avg_bits']:.2f} "
                  f"bits), test worst_acc {interval_text(base.get('test'), 'worst_acc')}, avg_acc "
                  f"{interval_text(base.get('test'), 'avg_acc')}")
             cmp = s.get("comparison")
