@@ -128,6 +128,7 @@ class RichProgress:
                     continue
                 st = self._stages.get(self._current) if self._current else None
                 if st is not None and not (st[3] is not None and st[2] >= st[3]):
+                    st[5] = now  # the stage's next regular line waits another log_every
                     self._print(self._line(self._current, now, still=True))
                 elif self._header is not None:
                     title, since = self._header

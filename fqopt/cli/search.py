@@ -178,9 +178,9 @@ def print_summary(res: dict, report_path=None) -> None:
         cmp = r.get("comparison")
         src = (r.get("from") or "").rsplit("/", 1)[-1]
         w = (cmp or {}).get("worst_acc") or {}
-        word = {"better": "better: use the refined plan with its checkpoint",
-                "worse": f"worse: keep {src}",
-                "tie": f"a tie: {src} needs no extra checkpoint"}.get(w.get("verdict"), "")
+        word = {"better": "use the refined plan with its checkpoint",
+                "worse": f"keep {src}",
+                "tie": f"keep {src} (it needs no refined checkpoint)"}.get(w.get("verdict"), "")
         info(f"Refined ({r['label']}, {r['avg_bits']:.2f} bits): test worst_acc "
              f"{interval_text(r.get('test'), 'worst_acc')} against "
              f"{interval_text(r.get('source_test'), 'worst_acc')} before; "
