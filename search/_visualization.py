@@ -40,11 +40,18 @@ class Point:
 
 @dataclass
 class Recommended:
-    """The plan recommended at ``budget`` average bits (best search worst_acc within it)."""
+    """The plan recommended at ``budget`` average bits (best search worst_acc within it), and
+    at every budget of ``budgets`` (it may be the choice at several)."""
 
     budget: float
     point: Point
     index: int | None = None
+    budgets: list[float] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        bs = self.budgets or [self.budget]
+        return f"≤{bs[0]:g}b" if len(bs) == 1 else f"≤{bs[0]:g}–{bs[-1]:g}b"
 
 
 @dataclass
@@ -117,9 +124,9 @@ def pareto_front_info(results: dict, *, split: str = "test", study=None,
         if p is None:
             continue
         if r.get("trial") in seen:  # the same plan at a larger budget: widen its label
-            seen[r.get("trial")].budget = b
+            seen[r.get("trial")].budgets.append(b)
             continue
-        seen[r.get("trial")] = Recommended(budget=b, point=p, index=r.get("index"))
+        seen[r.get("trial")] = Recommended(budget=b, point=p, index=r.get("index"), budgets=[b])
         recommended.append(seen[r.get("trial")])
     info = ParetoFrontInfo(split=split, pareto=sorted(pareto, key=lambda p: p.avg_bits),
                            trials=trials, baselines=baselines, refined=refined, fp32=fp32,
@@ -141,11 +148,13 @@ def _visible_range(info: ParetoFrontInfo, metric: str):
     top, mid = max(ys), float(np.median(ys))
     good = [y for y in ys if y >= top - max(0.05, 2.5 * (top - mid))]
     lo = min(good)
-    # room for the intervals of the visible points (error bars)
-    los = [p.ci[metric][0] for p in pts if p.ci and metric in p.ci
-           and getattr(p, metric) >= lo]
+    # room for the intervals (error bars) of the cluster, then of every point that shows
     pad = max(0.01, 0.06 * (top - lo))
-    low = max(0.0, min([lo - pad] + [v - 0.005 for v in los]))
+    low = lo - pad
+    for _ in range(2):
+        los = [p.ci[metric][0] for p in pts if p.ci and metric in p.ci
+               and getattr(p, metric) >= low]
+        low = max(0.0, min([low] + [v - 0.005 for v in los]))
     his = [p.ci[metric][1] for p in pts if p.ci and metric in p.ci]
     high = min(1.0, max([top + pad] + [v + 0.005 for v in his]))
     collapsed = sorted((p for p in pts if getattr(p, metric) < low),
@@ -429,7 +438,7 @@ def plot_pareto_front(info: ParetoFrontInfo):
             y = getattr(r.point, metric)
             ax.scatter([r.point.avg_bits], [y], s=190, facecolors="none", edgecolors="#2ca02c",
                        linewidth=2.0, zorder=7, label="recommended at ≤ budget" if i == 0 else None)
-            ax.annotate(f"≤{r.budget:g}b", (r.point.avg_bits, y), textcoords="offset points",
+            ax.annotate(r.label, (r.point.avg_bits, y), textcoords="offset points",
                         xytext=(-6, 9 + 8 * (i % 2)), ha="center", fontsize=8, color="#1b7a1b",
                         fontweight="bold", zorder=8)
         if info.fp32:
