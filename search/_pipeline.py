@@ -119,6 +119,8 @@ def ensure_trained(run_dir, options: TrainOptions, *, callback=None) -> tuple[ob
         else:  # "epoch k/N": batches of the current epoch
             _cb(callback, "train batches", done, total, epoch=stage.split()[-1], **info)
 
+    # the dataset is generated or read before the first batch (minutes for the default)
+    _cb(callback, "train: preparing the dataset and the model", 0, None)
     train(run, config, callback=train_cb)
     rep = evaluate(run.model(), run.dataset(), "test", callback=lambda stage, done, total, **i:
                    _cb(callback, "train: FP32 on the test split", done, total))
