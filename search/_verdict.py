@@ -10,7 +10,6 @@ the test stage keeps (``reports/test_predictions.npz``: ``y_true``, ``groups``, 
 
 from __future__ import annotations
 
-import math
 import shlex
 import zipfile
 from pathlib import Path
@@ -286,7 +285,3 @@ def group_rates(rep: dict) -> dict:
                                None if neg == 0 else float(tn / neg))
         out[names[g]] = row
     return out
-
-
-def isfinite(x) -> bool:
-    return x is not None and math.isfinite(float(x))

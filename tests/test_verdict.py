@@ -224,8 +224,8 @@ def test_importances_leave_seed_trials_out():
         # sampled trials: worst_acc follows λ only; seeds: it follows the budget only
         worst = b / 8 if seed else lam
         study.add_trial(optuna.trial.create_trial(
-            values=[0.3 + 0.1 * lam + 0.01 * b, worst, b], params={"budget": b, "lambda": lam}, distributions=dists,
-            user_attrs={"fqopt:seed": f"s{i}"} if seed else {}))
+            values=[0.3 + 0.1 * lam + 0.01 * b, worst, b], params={"budget": b, "lambda": lam},
+            distributions=dists, user_attrs={"fqopt:seed": f"s{i}"} if seed else {}))
     info = importance_info(study)
     assert info.importances["worst_acc"]["lambda"] > 0.9
 
