@@ -8,15 +8,22 @@ Stages, each skipped when its output is already there and current:
    others); a table older than ``model.pt`` is profiled again;
 3. ``search``: :func:`fqopt.search.run` (resumes the study);
 4. ``test``: the Pareto plans, the seed baselines and FP32 re-evaluated on the **test** split
-   (the search never sees it); ``plans/pareto-XX.json`` and ``reports/search_test.json``;
+   (the search never sees it), with bootstrap intervals; ``plans/pareto-NN-<bits>b-<what>.json``
+   and ``reports/search_test.json``;
 5. ``refine``: BAQ on the top Pareto plans (``fqopt.baq.refine``), when available;
 6. ``report``: ``reports/report.html`` and PNG figures.
 
-Progress goes through ``callback(stage, done, total, **info)``; nothing is printed.
+Progress goes through ``callback(stage, done, total, **info)``, stage headers through
+``callback("header", k, n, title=..., detail=...)`` (and ``finished=seconds``); nothing is
+printed. The test stage keeps every plan's per-image test predictions
+(``reports/test_predictions.npz``) for the paired comparisons of the summary
+(``results['summary']``: the recommended plan at ``budget`` against the best baseline).
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,8 +117,11 @@ def ensure_trained(run_dir, options: TrainOptions, *, callback=None) -> tuple[ob
         else:  # "epoch k/N": batches of the current epoch
             _cb(callback, "train batches", done, total, epoch=stage.split()[-1], **info)
 
+    # the dataset is generated or read before the first batch (minutes for the default)
+    _cb(callback, "train: preparing the dataset and the model", 0, None)
     train(run, config, callback=train_cb)
-    rep = evaluate(run.model(), run.dataset(), "test")
+    rep = evaluate(run.model(), run.dataset(), "test", callback=lambda stage, done, total, **i:
+                   _cb(callback, "train: FP32 on the test split", done, total))
     run.reports_dir.mkdir(parents=True, exist_ok=True)
     rep.save(run.reports_dir / "fp_test.json")
     return run, True
@@ -200,13 +210,51 @@ def _plan_bits(trials) -> list[int]:
     return sorted(bits)
 
 
-def evaluate_on_test(run, study, *, model=None, callback=None, plans_dir=None) -> dict:
-    """Re-evaluate the Pareto plans and every seed baseline on the test split; write
-    ``plans/pareto-XX.json``. Returns the results dict (also FP32 on both splits)."""
-    from fqopt.plan import AllocationPlan
-    from fqopt.search._study import complete_trials, pareto_trials
+#: bootstrap resamples of every test-split report (intervals on each group figure)
+TEST_BOOTSTRAP = 1000
+
+
+def _slug(text: str) -> str:
+    import re
+
+    return re.sub(r"[^a-z0-9.]+", "-", str(text).lower()).strip("-")
+
+
+def plan_file_name(rec: dict, index: int) -> str:
+    """``pareto-03-3.42b-fisher-l0.80-mse.json``: index, average bits and what the plan is
+    (its configuration, or the baseline it reproduces) and quantizer."""
+    kind, params, q = rec.get("kind"), rec.get("params") or {}, rec.get("quantizer", "maxabs")
+    seed = str(rec.get("seed") or "")
+    if kind == "uniform":
+        what = f"uniform{seed.split(':')[-1]}"
+    elif kind == "ladder":
+        what = f"worst-{params.get('method')}"
+    elif kind == "fairquant":
+        what = seed.split("@")[0].replace("fairquant:", "fairquant-")
+    elif kind == "hawq":
+        what = "hawq-mean"
+    elif "lambda" in params:
+        what = f"{params.get('method')}-l{params['lambda']:.2f}"
+    else:
+        what = "direct"
+    return f"pareto-{index:02d}-{rec['avg_bits']:.2f}b-{_slug(what)}-{q}.json"
+
+
+def evaluate_on_test(run, study, *, model=None, callback=None, plans_dir=None,
+                     with_predictions: bool = False):
+    """Re-evaluate the Pareto plans and every seed baseline on the test split (with bootstrap
+    intervals); write ``plans/pareto-NN-<bits>b-<what>.json``. Returns the results dict (also
+    FP32 on both splits). Uniform plans outside the study's budget range, and FairQuant's
+    uniform baselines (every layer), are evaluated here beside the study.
+    With ``with_predictions``, returns ``(results, Predictions)``: every record's per-image
+    test predictions (each record names its own in ``pred``), for paired comparisons."""
     from fqopt.apply import resolve_plan
+    from fqopt.plan import AllocationPlan
+    from fqopt.search._plans import plan_key
+    from fqopt.search._seeds import DEFAULT_UNIFORM
+    from fqopt.search._study import complete_trials, pareto_trials
     from fqopt.search._trial import SplitEvaluator, WeightBank, compact_report
+    from fqopt.units import discover_units
 
     model = model if model is not None else run.model()
     ds = run.dataset()
@@ -216,57 +264,87 @@ def evaluate_on_test(run, study, *, model=None, callback=None, plans_dir=None) -
     seeds = [t for t in complete_trials(study)
              if t.user_attrs.get("fqopt:seed") and t.number not in pareto_numbers]
     todo = list(pareto) + seeds
-    total = len(todo) + 2
+    in_study = {t.user_attrs.get("fqopt:seed") for t in complete_trials(study)}
+    beside = [b for b in DEFAULT_UNIFORM if f"uniform:{b}" not in in_study]
+    total = 2 + len(todo) + len(beside) + len(UNIFORM_ALL_LAYERS)
+    step = [0]
+
+    def tick(what):
+        step[0] += 1
+        _cb(callback, "test split", step[0], total, plan=what)
+
     bank = WeightBank(model, _plan_bits(todo)) if todo else None
     test = SplitEvaluator(model, ds, "test", bank=bank)
+    from fqopt.search._verdict import Predictions
+
+    predictions = Predictions(test.y.numpy(), test.g.numpy(), ds.group_names)
+    fp_test = test.report(bootstrap=TEST_BOOTSTRAP)[0]
+    predictions.add("fp32", test.last_predictions)
+    tick("FP32 test")
     search = SplitEvaluator(model, ds, "search")
-    fp = {"test": compact_report(test.report()[0]), "search": compact_report(search.report()[0])}
-    _cb(callback, "test split", 2, total)
+    fp = {"test": compact_report(fp_test), "search": compact_report(search.report()[0])}
+    fp["test"]["pred"] = "fp32"
+    tick("FP32 search")
     del search
     records, baselines = [], []
-    cache: dict[str, dict] = {}
+    cache: dict[str, tuple[dict, str]] = {}
     plans_dir.mkdir(parents=True, exist_ok=True)
-    for i, t in enumerate(todo):
+    for t in todo:
         plan = AllocationPlan.from_dict(t.user_attrs["plan"], source=f"trial {t.number}")
         rec = _trial_record(t)
-        from fqopt.search._plans import plan_key
-
         key = plan_key(plan, rec["quantizer"])
         if key not in cache:
-            cache[key] = compact_report(test.report(plan, rec["quantizer"])[0])
-        rec["test"] = cache[key]
+            rep = compact_report(test.report(plan, rec["quantizer"],
+                                             bootstrap=TEST_BOOTSTRAP)[0])
+            predictions.add(key, test.last_predictions)
+            cache[key] = (rep, key)
+        rec["test"], rec["pred"] = cache[key][0], cache[key][1]
         if t.number in pareto_numbers:
             idx = len(records)
             rec["index"] = idx
-            rec["plan_file"] = f"plans/pareto-{idx:02d}.json"
+            name = plan_file_name(rec, idx)
+            rec["plan_file"] = f"plans/{name}"
             plan.quantizer = rec["quantizer"]  # also for trials stored before plans recorded it
-            plan.meta.update(trial=t.number, quantizer=rec["quantizer"],
+            plan.meta.update(trial=t.number, quantizer=rec["quantizer"], label=rec["label"],
                              search={k: rec["search"][k] for k in ("avg_acc", "worst_acc")},
                              test={k: rec["test"][k] for k in ("avg_acc", "worst_acc")})
-            plan.save(plans_dir / f"pareto-{idx:02d}.json")
+            plan.save(plans_dir / name)
             records.append(rec)
         if rec["seed"]:
             rec["pareto"] = t.number in pareto_numbers
             baselines.append(dict(rec))
-        _cb(callback, "test split", i + 3, total)
-    keep = {f"pareto-{i:02d}.json" for i in range(len(records))}
+        tick(rec["label"])
+    keep = {Path(r["plan_file"]).name for r in records}
     for stale in plans_dir.glob("pareto-*.json"):
         if stale.name not in keep:
             stale.unlink(missing_ok=True)  # another worker may have removed it
     # FairQuant's uniform baselines quantize every layer, stem and head included; the study's
-    # uniform seeds keep the pins of every other plan. Both are reported.
+    # uniform seeds keep the pins of every other plan. Both are reported; uniform plans
+    # outside the sampled budget range are not trials (see _seeds) and are evaluated here.
     search_eval = SplitEvaluator(model, ds, "search", bank=bank)
+    extra = []
+    if beside:
+        units = discover_units(model, "layer")
+        for b in beside:
+            extra.append((AllocationPlan.uniform(units, int(b), model=run.model_name),
+                          f"uniform {b}-bit", "uniform", f"uniform:{b}"))
     for b in UNIFORM_ALL_LAYERS:
-        plan = resolve_plan(model, int(b))
-        rec = {"trial": None, "index": None, "label": f"uniform {b}-bit, all layers",
-               "kind": "uniform-all", "seed": f"uniform-all:{b}", "params": {},
-               "quantizer": "maxabs", "avg_bits": float(plan.avg_bits),
+        extra.append((resolve_plan(model, int(b)), f"uniform {b}-bit, all layers",
+                      "uniform-all", f"uniform-all:{b}"))
+    for plan, label, kind, seed_key in extra:
+        key = plan_key(plan, "maxabs")
+        rep = compact_report(test.report(plan, "maxabs", bootstrap=TEST_BOOTSTRAP)[0])
+        predictions.add(key, test.last_predictions)
+        rec = {"trial": None, "index": None, "label": label, "kind": kind, "seed": seed_key,
+               "params": {}, "quantizer": "maxabs", "avg_bits": float(plan.avg_bits),
                "avg_bits_channel": plan.avg_bits_channel, "size_bytes": plan.size_bytes,
-               "objective": plan.objective, "pareto": False,
+               "objective": plan.objective, "pareto": False, "beside_study": True,
                "search": compact_report(search_eval.report(plan, "maxabs")[0]),
-               "test": compact_report(test.report(plan, "maxabs")[0])}
+               "test": rep, "pred": key}
         baselines.append(rec)
-    return {"fp32": fp, "pareto": records, "baselines": baselines}
+        tick(label)
+    out = {"fp32": fp, "pareto": records, "baselines": baselines}
+    return (out, predictions) if with_predictions else out
 
 
 def acceptance_check(results: dict, bits: float = CHECK_BITS, uniform: int = CHECK_UNIFORM
@@ -300,15 +378,18 @@ def acceptance_check(results: dict, bits: float = CHECK_BITS, uniform: int = CHE
 
 # --------------------------------------------------------------------------- 5. refine
 def refine_plans(run, records: list[dict], top: int, *, seed: int = 0, callback=None,
-                 plans_dir=None) -> tuple[list[dict], list[str]]:
-    """BAQ on the ``top`` Pareto plans with the best search ``worst_acc`` at most
-    :data:`CHECK_BITS` average bits (else overall). Skipped with a note when ``fqopt.baq``
-    has no ``refine``.
+                 plans_dir=None, predictions=None, budget: float = CHECK_BITS
+                 ) -> tuple[list[dict], list[str]]:
+    """BAQ on the ``top`` Pareto plans with the best search ``worst_acc`` (then ``avg_acc``,
+    then fewer bits) at most ``budget`` average bits (else overall): the first is the plan the
+    summary recommends at that budget. Skipped with a note when ``fqopt.baq`` has no
+    ``refine``.
 
     Calls ``fqopt.baq.refine(run, plan, budget=plan.avg_bits, quantizer=q, seed=seed,
-    callback=cb)`` and reads ``result.plan``, ``result.report_search``, ``result.report_test``
-    (or ``result.model``, evaluated here on the test split under ``result.plan``) and
-    ``result.checkpoint`` (refined FP weights; with the plan they give the quantized model).
+    evaluate=False, callback=cb)``, then evaluates ``result.checkpoint`` (refined FP weights)
+    under ``result.plan`` on the search and test splits here (test with bootstrap intervals;
+    its predictions go into ``predictions`` when given, for the paired comparison with the
+    plan it started from).
     """
     if top <= 0 or not records:
         return [], []
@@ -316,44 +397,64 @@ def refine_plans(run, records: list[dict], top: int, *, seed: int = 0, callback=
         from fqopt.baq import refine
     except ImportError as exc:
         return [], [f"BAQ refinement skipped: fqopt.baq.refine is not available ({exc})"]
-    from fqopt.evaluation import evaluate
-    from fqopt.plan import AllocationPlan
-    from fqopt.search._trial import compact_report
+    import torch
 
-    low = [r for r in records if r["avg_bits"] <= CHECK_BITS + 1e-9] or records
-    chosen = sorted(low, key=lambda r: -r["search"]["worst_acc"])[:top]
+    from fqopt.plan import AllocationPlan
+    from fqopt.search._plans import plan_key
+    from fqopt.search._trial import SplitEvaluator, compact_report
+
+    low = [r for r in records if r["avg_bits"] <= budget + 1e-9] or records
+    chosen = sorted(low, key=lambda r: (-r["search"]["worst_acc"], -r["search"]["avg_acc"],
+                                        r["avg_bits"]))[:top]
     plans_dir = Path(plans_dir or run.plans_dir)
     out, notes = [], []
+    phases = {"refine": "learn bits", "fine-tune": "fine-tune"}
     for i, rec in enumerate(chosen):
         plan = AllocationPlan.load(run.path / rec["plan_file"])
         t0 = time.perf_counter()
+        name = f"pareto-{rec['index']:02d}"
+        prefix = f"refine {name}" + (f" ({i + 1}/{len(chosen)})" if len(chosen) > 1 else "")
 
-        def cb(stage, done, total, **info):
-            _cb(callback, f"refine {i + 1}/{len(chosen)}: {stage}", done, total, **info)
+        def cb(stage, done, total, _prefix=prefix, **info):
+            # BAQ's stages are "refine k/N" (bits learn), "fine-tune k/N" and "evaluate"
+            word, _, epoch = stage.partition(" ")
+            if word in phases and "/" in epoch:
+                _cb(callback, f"{_prefix}: {phases[word]}", done, total, epoch=epoch, **info)
+            else:
+                _cb(callback, f"{_prefix}: {stage}", done, total, **info)
 
         try:
             res = refine(run, plan, budget=plan.avg_bits, quantizer=rec["quantizer"],
-                         seed=seed, callback=cb)
+                         seed=seed, evaluate=False, callback=cb)
         except UserError as exc:  # the search's results stand without this refinement
             notes.append(f"BAQ refinement of {rec['plan_file']} failed: {exc}")
             continue
         new_plan = getattr(res, "plan", None) or plan
-        reports = {"search": getattr(res, "report_search", None),
-                   "test": getattr(res, "report_test", None)}
-        if reports["test"] is None and getattr(res, "model", None) is not None:
-            reports["test"] = evaluate(res.model, run.dataset(), "test", plan=new_plan,
-                                       quantizer=rec["quantizer"])
-        name = f"refined-{rec['index']:02d}.json"
-        new_plan.quantizer = rec["quantizer"]
-        new_plan.meta.update(refined_from=rec["plan_file"], trial=rec["trial"])
-        new_plan.save(plans_dir / name)
         checkpoint = getattr(res, "checkpoint", None)
+        model = run.model()
+        if checkpoint is not None:
+            model.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True))
+        reports, pred_key = {}, None
+        for split in ("search", "test"):
+            _cb(callback, f"{prefix}: evaluate", 0 if split == "search" else 1, 2, split=split)
+            ev = SplitEvaluator(model, run.dataset(), split)
+            reports[split] = compact_report(ev.report(
+                new_plan, rec["quantizer"], bootstrap=TEST_BOOTSTRAP if split == "test" else 0
+            )[0])
+            if split == "test" and predictions is not None:
+                pred_key = "refined:" + plan_key(new_plan, rec["quantizer"])
+                predictions.add(pred_key, ev.last_predictions)
+        _cb(callback, f"{prefix}: evaluate", 2, 2)
+        fname = f"refined-{rec['index']:02d}-{new_plan.avg_bits:.2f}b-baq-{rec['quantizer']}.json"
+        new_plan.quantizer = rec["quantizer"]
+        new_plan.meta.update(refined_from=rec["plan_file"], trial=rec["trial"],
+                             quantizer=rec["quantizer"],
+                             checkpoint=None if checkpoint is None else str(checkpoint))
+        new_plan.save(plans_dir / fname)
         out.append({"from_index": rec["index"], "trial": rec["trial"],
-                    "label": f"BAQ of pareto-{rec['index']:02d}", "plan_file": f"plans/{name}",
+                    "label": f"BAQ of {name}", "plan_file": f"plans/{fname}",
                     "avg_bits": float(new_plan.avg_bits), "quantizer": rec["quantizer"],
-                    **{split: None if r is None else (r if isinstance(r, dict)
-                                                      else compact_report(r))
-                       for split, r in reports.items()},
+                    "size_bytes": new_plan.size_bytes, **reports, "pred": pred_key,
                     "checkpoint": None if checkpoint is None else str(checkpoint),
                     "seconds": time.perf_counter() - t0})
     return out, notes
@@ -378,6 +479,29 @@ def precheck(run_dir, *, storage=None, study_name=None, granularity="channel",
         open_storage(storage, heartbeat=False)
 
 
+class _Headers:
+    """Stage headers through the progress callback: ``callback("header", k, n, title=...,
+    detail=...)`` when stage k of n starts and ``finished=seconds`` when it ends (the CLI
+    prints them; a library caller may ignore them)."""
+
+    NAMES = ("train", "profile", "search", "test", "refine", "report")
+
+    def __init__(self, callback, stages: dict):
+        self.callback, self.stages = callback, stages
+
+    @contextlib.contextmanager
+    def __call__(self, name: str, detail: str = ""):
+        k = self.NAMES.index(name) + 1
+        _cb(self.callback, "header", k, len(self.NAMES), title=name, detail=detail)
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.stages[name] = time.perf_counter() - t0
+            _cb(self.callback, "header", k, len(self.NAMES), title=name,
+                finished=self.stages[name])
+
+
 def run_pipeline(run_dir="runs/default", *, n_trials: int | None = None,
                  storage: str | None = None, study_name: str | None = None,
                  sampler: str = "nsga2", seed: int = 0, granularity: str = "channel",
@@ -385,62 +509,77 @@ def run_pipeline(run_dir="runs/default", *, n_trials: int | None = None,
                  quantizers=("maxabs", "mse"), direct: bool = False, refine_top: int = 1,
                  report: bool = True, timeout: float | None = None, force: bool = False,
                  train: TrainOptions | None = None, calib: int = DEFAULT_CALIB,
+                 budget: float | None = None, artifacts=True,
                  callback=None) -> PipelineResult:
     """Train (if needed), profile, search, re-evaluate on test, refine and report.
 
     ``n_trials`` defaults to :data:`fqopt.search._study.DEFAULT_TRIALS`; ``timeout`` (seconds)
     bounds the search stage. ``force`` deletes the study (not the trained model or the tables)
-    and starts the search over. Returns a :class:`PipelineResult`.
+    and starts the search over. ``budget`` (average bits, default
+    :data:`fqopt.search._verdict.DEFAULT_BUDGET`) is where the summary recommends a plan
+    (``results['summary']``, see :func:`fqopt.search._verdict.summarize`). ``artifacts``: see
+    :func:`fqopt.search.run`; the results, the recommended plan and the report are also stored
+    as artifacts of the study. Stage headers and progress go through ``callback``.
+    Returns a :class:`PipelineResult`.
     """
     from fqopt._io import write_json
     from fqopt.search._space import SearchSpace
     from fqopt.search._storage import default_storage_url, masked_url
-    from fqopt.search._study import DEFAULT_TRIALS, count_states
+    from fqopt.search._study import ARTIFACT_DIR, DEFAULT_TRIALS, artifact_store, count_states
     from fqopt.search._study import run as run_search
+    from fqopt.search._verdict import (DEFAULT_BUDGET, PREDICTIONS_FILE, dashboard_command,
+                                       summarize)
 
     n_trials = DEFAULT_TRIALS if n_trials is None else int(n_trials)
+    budget = DEFAULT_BUDGET if budget is None else float(budget)
     if direct and granularity != "layer":
         granularity = "layer"  # direct mode chooses per-layer bits
     stages: dict[str, float] = {}
     notes: list[str] = []
+    header = _Headers(callback, stages)
 
     precheck(run_dir, storage=storage, study_name=study_name, granularity=granularity,
              direct=direct, force=force)
 
-    t0 = time.perf_counter()
-    run, trained = ensure_trained(run_dir, train or TrainOptions(seed=seed), callback=callback)
-    stages["train"] = time.perf_counter() - t0
+    with header("train", f"FP baseline in {run_dir}"):
+        run, trained = ensure_trained(run_dir, train or TrainOptions(seed=seed),
+                                      callback=callback)
     if trained:
         notes.append(f"trained {run.model_name} in {stages['train']:.0f} s")
 
-    t0 = time.perf_counter()
-    model = run.model()
-    tables, more = ensure_tables(run, list(methods), granularity, calib=calib, model=model,
-                                 callback=callback)
+    with header("profile", f"{', '.join(methods)} sensitivity, {granularity} granularity"):
+        model = run.model()
+        tables, more = ensure_tables(run, list(methods), granularity, calib=calib, model=model,
+                                     callback=callback)
     notes += more
-    stages["profile"] = time.perf_counter() - t0
 
-    t0 = time.perf_counter()
-    space = SearchSpace(budget_range=tuple(budget_range), methods=tuple(methods),
-                        quantizers=tuple(quantizers))
-    study = run_search(run, tables, n_trials=n_trials, storage=storage, study_name=study_name,
-                       sampler=sampler, seed=seed, space=space, direct=direct, timeout=timeout,
-                       force=force, model=model, callback=callback)
-    stages["search"] = time.perf_counter() - t0
+    url = storage or default_storage_url(run.path)
+    store = artifact_store(run, artifacts)
+    with header("search", f"{n_trials} trials, {sampler}, budgets "
+                          f"{budget_range[0]:g}–{budget_range[1]:g} bits, {masked_url(url)}"):
+        space = SearchSpace(budget_range=tuple(budget_range), methods=tuple(methods),
+                            quantizers=tuple(quantizers))
+        study = run_search(run, tables, n_trials=n_trials, storage=storage,
+                           study_name=study_name, sampler=sampler, seed=seed, space=space,
+                           direct=direct, timeout=timeout, force=force, model=model,
+                           callback=callback, artifacts=store if store is not None else None)
     counts = count_states(study)
     if counts["complete"] < n_trials:
         notes.append(f"the study has {counts['complete']} of {n_trials} complete trials "
                      "(timeout); run the same command again to finish it")
 
-    t0 = time.perf_counter()
-    tested = evaluate_on_test(run, study, model=model, callback=callback)
-    stages["test"] = time.perf_counter() - t0
+    with header("test", "Pareto plans and baselines on the test split, with 95 % intervals"):
+        tested, predictions = evaluate_on_test(run, study, model=model, callback=callback,
+                                               with_predictions=True)
 
     ds = run.dataset()
+    artifact_dir = (str(run.path / ARTIFACT_DIR) if artifacts is True else
+                    str(artifacts) if isinstance(artifacts, (str, os.PathLike)) else None)
     results = {
         "schema": RESULTS_SCHEMA,
-        "study": {"name": study.study_name,
-                  "storage": masked_url(storage or default_storage_url(run.path)),
+        "study": {"name": study.study_name, "storage": masked_url(url),
+                  "dashboard": dashboard_command(masked_url(url), artifact_dir),
+                  "artifacts": artifact_dir,
                   "n_trials": n_trials, "states": counts, "sampler": sampler, "seed": seed,
                   "granularity": granularity, "direct": bool(direct),
                   "methods": list(methods), "budget_range": list(budget_range)},
@@ -451,27 +590,53 @@ def run_pipeline(run_dir="runs/default", *, n_trials: int | None = None,
         **tested, "refined": [], "notes": notes,
     }
     results["check"] = acceptance_check(results)
+    results["summary"] = summarize(results, predictions, budget=budget, run_path=run.path)
     results["stages"] = dict(stages)
     run.reports_dir.mkdir(parents=True, exist_ok=True)
     results_path = run.reports_dir / RESULTS_FILE
     write_json(results_path, results)  # written now: an interrupted refinement keeps it
+    predictions.save(run.reports_dir / PREDICTIONS_FILE)
 
-    t0 = time.perf_counter()
-    refined, more = refine_plans(run, results["pareto"], refine_top, seed=seed,
-                                 callback=callback)
+    detail = (f"BAQ on the best {refine_top} plan(s) at ≤ {budget:g} bits" if refine_top
+              else "skipped (--refine-top 0)")
+    with header("refine", detail):
+        refined, more = refine_plans(run, results["pareto"], refine_top, seed=seed,
+                                     callback=callback, predictions=predictions, budget=budget)
     notes += more
-    stages["refine"] = time.perf_counter() - t0
-    results.update(refined=refined, notes=notes, stages=dict(stages))
+    results.update(refined=refined, notes=notes)
+    results["summary"] = summarize(results, predictions, budget=budget, run_path=run.path)
+    results["stages"] = dict(stages)
     write_json(results_path, results)
+    predictions.save(run.reports_dir / PREDICTIONS_FILE)
 
     report_path = None
     if report:
         from fqopt.search._report import write_report
 
-        t0 = time.perf_counter()
-        report_path = write_report(run, study, results, force=True, callback=callback)
-        stages["report"] = time.perf_counter() - t0
+        with header("report", f"HTML and figures in {run.reports_dir}"):
+            report_path = write_report(run, study, results, force=True, callback=callback)
         results["stages"] = dict(stages)
         write_json(results_path, results)
+    if store is not None:
+        _study_artifacts(store, study, run, results, results_path, report_path, notes)
     return PipelineResult(run=run, study=study, results=results, results_path=results_path,
                           report_path=report_path, stages=stages, notes=notes)
+
+
+def _study_artifacts(store, study, run, results, results_path, report_path, notes) -> None:
+    """The results, the recommended plan and the report as artifacts of the study (shown whole
+    by optuna-dashboard); a failure is a note, never the end of a finished search."""
+    from optuna.artifacts import upload_artifact
+
+    rec = (results.get("summary") or {}).get("recommended") or {}
+    files = [(results_path, "application/json")]
+    if rec.get("plan_file"):
+        files.append((run.path / rec["plan_file"], "application/json"))
+    if report_path is not None:
+        files.append((report_path, "text/html"))
+    try:
+        for path, mime in files:
+            upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=study,
+                            mimetype=mime, encoding="utf-8")
+    except Exception as exc:  # noqa: BLE001 - the artifacts are a copy of files on disk
+        notes.append(f"could not store the study's artifacts: {exc}")

@@ -11,9 +11,11 @@ import base64
 import datetime
 import html
 import io
+import math
 from pathlib import Path
 
 from fqopt.errors import UserError
+from fqopt.search._verdict import describe, group_rates, interval_text
 
 REPORT_FILE = "report.html"
 FIGURES = ("pareto_test", "pareto_search", "group_accuracy", "layer_bits", "channel_bits",
@@ -185,6 +187,107 @@ def _rep(rec, split, key):
     return rep.get(key)
 
 
+def _kib(n):
+    return None if n is None else f"{n / 1024:.1f}"
+
+
+def _with_ci(v, ci) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    if ci is None:
+        return f"{v:.3f}"
+    return f"{v:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"
+
+
+def _marks(results: dict) -> dict:
+    """Pareto index -> the budgets at which it is the recommended plan, as text (``3.5, 4``)."""
+    out: dict[int, list[float]] = {}
+    for m in (results.get("summary") or {}).get("by_budget", []):
+        if m.get("index") is not None:
+            out.setdefault(m["index"], []).append(float(m["budget"]))
+    return {k: ", ".join(f"{b:g}" for b in sorted(v)) for k, v in out.items()}
+
+
+def _verdict_html(results: dict) -> str:
+    """The decision on top of the page: which plan to deploy, against the best baseline."""
+    s = results.get("summary")
+    if not s:
+        return ""
+    budget = s.get("budget", 4.0)
+    rec, base, cmp = s.get("recommended"), s.get("best_baseline"), s.get("comparison")
+    out = ["<h2>Verdict</h2>"]
+    if rec is None:
+        out.append(f"<p class='bad'>No Pareto plan at ≤ {budget:g} average bits.</p>")
+        return "".join(out)
+    name = (rec.get("plan_file") or "").rsplit("/", 1)[-1]
+    out.append(f"<p><b>Deploy this plan at ≤ {budget:g} average bits:</b> "
+               f"<code>{html.escape(name)}</code> ({html.escape(str(rec.get('label')))}, "
+               f"{rec['avg_bits']:.2f} bits, {_kib(rec.get('size_bytes'))} KiB of weights), "
+               f"chosen on the search split (worst_acc {rec['search']['worst_acc']:.3f}). On "
+               f"the test split: worst_acc {interval_text(rec.get('test'), 'worst_acc')}, "
+               f"avg_acc {interval_text(rec.get('test'), 'avg_acc')}.</p>")
+    if base is not None:
+        w = (cmp or {}).get("worst_acc") or {}
+        cls = {"better": "ok", "worse": "bad"}.get(w.get("verdict"), "")
+        how = "paired bootstrap over the test images" if cmp and "paired" in cmp.get(
+            "method", "") else "unpaired intervals"
+        word = {"better": "better than", "worse": "worse than",
+                "tie": "a tie with"}.get(w.get("verdict"), "compared with")
+        out.append(f"<p class='{cls}'>Against the best baseline at ≤ {budget:g} bits (the "
+                   "strongest test worst_acc among uniform, FairQuant and HAWQ-style plans), "
+                   f"{html.escape(base['label'])} ({base['avg_bits']:.2f} bits; test worst_acc "
+                   f"{interval_text(base.get('test'), 'worst_acc')}): {word} it. "
+                   f"Recommended − baseline ({how}, 95 %): worst_acc "
+                   f"{html.escape(describe(cmp, 'worst_acc'))}; avg_acc "
+                   f"{html.escape(describe(cmp, 'avg_acc'))}.</p>")
+    for r in s.get("refined") or []:
+        c = (r.get("comparison") or {}).get("worst_acc") or {}
+        out.append(f"<p>{html.escape(str(r.get('label')))} ({r.get('avg_bits', 0):.2f} bits): "
+                   f"test worst_acc {interval_text(r.get('test'), 'worst_acc')} against "
+                   f"{interval_text(r.get('source_test'), 'worst_acc')} before refinement: "
+                   f"{html.escape(describe(r.get('comparison'), 'worst_acc'))}"
+                   + (" — refinement did not help; deploy the static plan." if c.get("verdict")
+                      in ("worse", "tie") else "") + "</p>")
+    if s.get("export_command"):
+        out.append(f"<p>Export: <code>{html.escape(s['export_command'])}</code></p>")
+    st = results.get("study") or {}
+    if st.get("dashboard"):
+        out.append(f"<p>Study: <code>{html.escape(str(st.get('storage')))}</code>; open it "
+                   f"with <code>{html.escape(st['dashboard'])}</code> (plans and reports are "
+                   "stored whole as artifacts of each trial).</p>")
+    return "".join(out)
+
+
+def _rates_html(results: dict) -> str:
+    """Per-group sensitivity and specificity (one class against the rest) of the recommended
+    plan at each budget, on the test split."""
+    by_index = {r["index"]: r for r in results.get("pareto", [])}
+    marks = _marks(results)
+    out = []
+    for index, budget in sorted(marks.items(), key=lambda kv: float(kv[1].split(",")[0])):
+        rec = by_index.get(index)
+        rates = group_rates((rec or {}).get("test") or {})
+        if not rates:
+            continue
+        classes = list(next(iter(rates.values())))
+        rows = []
+        for g, row in rates.items():
+            cells = []
+            for c in classes:
+                sens, spec = row[c]
+                cells.append(("–" if sens is None else f"{sens:.2f}") + " / "
+                             + ("–" if spec is None else f"{spec:.2f}"))
+            rows.append([g, *cells])
+        out.append(f"<h3>Recommended at ≤ {budget} bits: pareto-{index:02d} "
+                   f"({html.escape(str(rec.get('label')))}, {rec['avg_bits']:.2f} b)</h3>"
+                   + _table(["group", *[f"{c}: sens / spec" for c in classes]], rows))
+    if not out:
+        return ""
+    return ("<h2>Sensitivity and specificity per group</h2><p>Test split; for each class, "
+            "sensitivity (true-positive rate) and specificity (true-negative rate) of that "
+            "class against the others, per group.</p>" + "".join(out))
+
+
 def render_html(results: dict, pngs: dict[str, bytes], study=None) -> str:
     run = results.get("run", {})
     st = results.get("study", {})
@@ -216,13 +319,14 @@ def render_html(results: dict, pngs: dict[str, bytes], study=None) -> str:
                  "them. Accuracies are fractions; <code>avg_acc</code> is the mean of group "
                  "accuracies, <code>worst_acc</code> the lowest group accuracy; bits are averaged "
                  "over quantized weights (pinned stem and head at 8 bits included).</div>")
+    parts.append(_verdict_html(results))
     check = results.get("check")
     if check and check.get("best_plan") and check.get("uniform_test_worst_acc") is not None:
         b = check["best_plan"]
         cls = "ok" if check["passed"] else "bad"
         every = check.get("uniform_all_layers_test_worst_acc")
         parts.append(
-            f"<p class='{cls}'>Best Pareto plan at ≤ {check['bits']} average bits "
+            f"<p class='{cls}'>README's check: best Pareto plan at ≤ {check['bits']} average bits "
             f"(pareto-{b['index']:02d}, {b['avg_bits']:.2f} b): test worst_acc "
             f"{b['test_worst_acc']:.4f} vs uniform {check['uniform_bits']}-bit "
             f"{check['uniform_test_worst_acc']:.4f} (stem and head at 8 bits, "
@@ -231,8 +335,8 @@ def render_html(results: dict, pngs: dict[str, bytes], study=None) -> str:
                                          f"{check['uniform_bits']} bits, FairQuant's baseline)")
             + ".</p>")
     if fp:
-        rows = [[s, (fp.get(s) or {}).get("accuracy"), (fp.get(s) or {}).get("avg_acc"),
-                 (fp.get(s) or {}).get("worst_acc"), (fp.get(s) or {}).get("worst_group")]
+        rows = [[s, interval_text(fp.get(s), "accuracy"), interval_text(fp.get(s), "avg_acc"),
+                 interval_text(fp.get(s), "worst_acc"), (fp.get(s) or {}).get("worst_group")]
                 for s in ("search", "test") if fp.get(s)]
         parts.append("<h2>FP32 baseline</h2>" + _table(
             ["split", "accuracy", "avg_acc", "worst_acc", "worst group"], rows))
@@ -241,30 +345,47 @@ def render_html(results: dict, pngs: dict[str, bytes], study=None) -> str:
     parts.append(_img(pngs, "pareto_test", "Pareto front, test split"))
     parts.append(_img(pngs, "pareto_search", "Pareto front, search split"))
     rows = []
+    marks = _marks(results)
     for r in results.get("pareto", []):
-        rows.append([f"pareto-{r['index']:02d}", r["trial"], r["label"], r["avg_bits"],
-                     r.get("size_bytes"), _rep(r, "search", "avg_acc"),
-                     _rep(r, "search", "worst_acc"), _rep(r, "test", "avg_acc"),
-                     _rep(r, "test", "worst_acc"), _rep(r, "test", "worst_group"),
-                     r.get("plan_file")])
-    parts.append(_table(["plan", "trial", "configuration", "avg bits", "size (B)",
-                         "search avg_acc", "search worst_acc", "test avg_acc", "test worst_acc",
-                         "test worst group", "file"], rows, left=3))
+        mark = marks.get(r["index"])
+        name = f"pareto-{r['index']:02d}" + (f" ★ ≤ {mark} b" if mark is not None else "")
+        rows.append([name, r["trial"], r["label"], r["avg_bits"], _kib(r.get("size_bytes")),
+                     _rep(r, "search", "avg_acc"), _rep(r, "search", "worst_acc"),
+                     interval_text(r.get("test"), "avg_acc"),
+                     interval_text(r.get("test"), "worst_acc"), _rep(r, "test", "worst_group"),
+                     (r.get("plan_file") or "").rsplit("/", 1)[-1]])
+    parts.append("<p>★ marks the plan recommended at each budget (the best <i>search</i> "
+                 "worst_acc at or below it). Test figures with 95 % bootstrap intervals "
+                 "(images resampled within each group).</p>")
+    parts.append(_table(["plan", "trial", "configuration", "avg bits", "weights (KiB)",
+                         "search avg_acc", "search worst_acc", "test avg_acc [95 %]",
+                         "test worst_acc [95 %]", "test worst group", "file (plans/)"], rows,
+                        left=3))
 
     parts.append("<h2>Baselines</h2>")
-    rows = [[b["label"], b["trial"], b["avg_bits"], _rep(b, "search", "avg_acc"),
-             _rep(b, "search", "worst_acc"), _rep(b, "test", "avg_acc"),
-             _rep(b, "test", "worst_acc"), "yes" if b.get("pareto") else ""]
+    rows = [[b["label"], "beside" if b.get("trial") is None else b["trial"], b["avg_bits"],
+             _kib(b.get("size_bytes")), _rep(b, "search", "avg_acc"),
+             _rep(b, "search", "worst_acc"), interval_text(b.get("test"), "avg_acc"),
+             interval_text(b.get("test"), "worst_acc"), "yes" if b.get("pareto") else ""]
             for b in sorted(results.get("baselines", []), key=lambda b: (b["kind"],
                                                                          b["avg_bits"]))]
-    parts.append(_table(["baseline", "trial", "avg bits", "search avg_acc", "search worst_acc",
-                         "test avg_acc", "test worst_acc", "on the front"], rows))
+    parts.append("<p>Trial “beside”: evaluated beside the study (FairQuant's every-layer "
+                 "uniform plans, and uniform plans outside the sampled budget range).</p>")
+    parts.append(_table(["baseline", "trial", "avg bits", "weights (KiB)", "search avg_acc",
+                         "search worst_acc", "test avg_acc [95 %]", "test worst_acc [95 %]",
+                         "on the front"], rows))
     if results.get("refined"):
-        rows = [[r["label"], r["avg_bits"], _rep(r, "test", "avg_acc"),
-                 _rep(r, "test", "worst_acc"), r.get("plan_file")]
-                for r in results["refined"]]
+        summ = {r.get("plan_file"): r for r in (results.get("summary") or {}).get("refined", [])}
+        rows = []
+        for r in results["refined"]:
+            cmp = (summ.get(r.get("plan_file")) or {}).get("comparison")
+            rows.append([r["label"], r["avg_bits"], _kib(r.get("size_bytes")),
+                         interval_text(r.get("test"), "avg_acc"),
+                         interval_text(r.get("test"), "worst_acc"),
+                         describe(cmp, "worst_acc"), (r.get("plan_file") or "").rsplit("/", 1)[-1]])
         parts.append("<h2>BAQ-refined plans</h2>" + _table(
-            ["plan", "avg bits", "test avg_acc", "test worst_acc", "file"], rows))
+            ["plan", "avg bits", "weights (KiB)", "test avg_acc [95 %]", "test worst_acc [95 %]",
+             "worst_acc − its source (paired)", "file (plans/)"], rows))
 
     from fqopt.search._visualization import chosen_plans, group_accuracy_info
 
@@ -274,9 +395,13 @@ def render_html(results: dict, pngs: dict[str, bytes], study=None) -> str:
     parts.append(_img(pngs, "group_accuracy", "per-group accuracy"))
     ginfo = group_accuracy_info(results, split="test" if has_test else "search",
                                 chosen=chosen_plans(results))
-    rows = [[label, *accs] for label, accs in ginfo.series]
+    rows = []
+    for i, (label, accs) in enumerate(ginfo.series):
+        ci = ginfo.intervals[i] if i < len(ginfo.intervals) else [None] * len(accs)
+        rows.append([label, *[_with_ci(a, c) for a, c in zip(accs, ci)]])
     parts.append(_table(["plan", *[f"{g} (n={ginfo.n.get(g, '?')})" for g in ginfo.groups]],
                         rows))
+    parts.append(_rates_html(results))
     parts.append("<h2>Bits per layer and per channel</h2>")
     parts.append(_img(pngs, "layer_bits", "bits per layer"))
     parts.append(_img(pngs, "channel_bits", "bits per channel"))

@@ -7,9 +7,17 @@
   and ``grape`` + balanced, at FairQuant's shares 0.2/0.4/0.4 and at matched average bits;
 - ``hawq``: the group-blind ``mean`` objective (HAWQ-style), same solver.
 
-A seed trial's *parameters* describe the nearest point of the search space (budget, λ, method,
-quantizer), so that samplers, which learn only from shared parameters, can breed from it; what
-the trial really builds is in its user attributes (``fqopt:builder`` and ``fqopt:options``).
+A seed trial's *parameters* describe what it runs, in the search space's terms, so that
+samplers (which learn only from shared parameters) breed from true points and optuna-dashboard
+plots them where they belong: ``budget`` is the budget the plan was solved for, or, for plans
+built without one (uniform, FairQuant's own shares), the plan's real average bits on the budget
+grid; ``method`` the table it read; ``λ`` 1 for ``worst``/FairQuant max, 0 for
+``balanced``/FairQuant balanced/HAWQ's ``mean`` (the nearest blend). A uniform plan reads no
+table and has no λ: it carries the first method and λ 1 (importances leave seeds out, see
+``_visualization.importance_info``). A uniform plan whose average bits lie outside the sampled
+budget range (2-bit and 8-bit with the default 2.5:7) is not a trial: the test stage evaluates it
+beside the study. What the trial really builds is in its user attributes (``fqopt:builder`` and
+``fqopt:options``).
 Each seed has a unique ``key``; a study never runs the same key twice (see ``_study``).
 """
 
@@ -57,10 +65,17 @@ def default_seeds(space, maker, *, ladder=DEFAULT_LADDER, uniform=DEFAULT_UNIFOR
     floor = maker.min_budget()
     main = space.methods[0]
     seeds: list[SeedTrial] = []
+
+    def inside(bits: float) -> bool:
+        return lo - 1e-9 <= bits <= hi + 1e-9
+
     for b in uniform:
         if b in maker.bits:
-            seeds.append(SeedTrial(f"uniform:{b}", f"uniform {b}-bit", "uniform", "uniform",
-                                   space.snap(b, 1.0, main, quantizer), {"bits": int(b)}))
+            real = float(maker.uniform(int(b)).avg_bits)
+            if inside(real):
+                seeds.append(SeedTrial(f"uniform:{b}", f"uniform {b}-bit", "uniform", "uniform",
+                                       space.snap(real, 1.0, main, quantizer),
+                                       {"bits": int(b)}))
     for b in ladder:
         if lo - 1e-9 <= b <= hi + 1e-9 and b >= floor - 1e-9:
             seeds.append(SeedTrial(f"worst@{b:g}", f"fqopt worst {b:g} bits", "ladder",
@@ -73,11 +88,16 @@ def default_seeds(space, maker, *, ladder=DEFAULT_LADDER, uniform=DEFAULT_UNIFOR
         for b in fairquant_budgets:
             name = f"FairQuant {method}+{combine}"
             if b is None:
-                # FairQuant's shares give 0.2·2 + 0.4·4 + 0.4·8 = 5.2 bits per unit
+                # FairQuant's shares (0.2/0.4/0.4 of the units at 2/4/8 bits) give 5.2 bits per
+                # unit but far fewer per weight: the parameter is the plan's real average bits
+                from fqopt.search._plans import build_plan
+
+                options = {"combine": combine}
+                real = float(build_plan(maker, "quantile", {"method": method}, options)
+                             .avg_bits)
                 seeds.append(SeedTrial(f"fairquant:{method}+{combine}", f"{name} (0.2/0.4/0.4)",
                                        "fairquant", "quantile",
-                                       space.snap(5.2, lam, method, quantizer),
-                                       {"combine": combine}))
+                                       space.snap(real, lam, method, quantizer), options))
             elif b >= floor - 1e-9:
                 seeds.append(SeedTrial(f"fairquant:{method}+{combine}@{b:g}",
                                        f"{name} @ {b:g} bits", "fairquant", "quantile",

@@ -177,7 +177,7 @@ def run(run, tables, *, n_trials: int = DEFAULT_TRIALS, storage: str | None = No
         timeout: float | None = None, backend: str | None = None,
         population_size: int | None = None,
         force: bool = False, device=None, evaluator: SplitEvaluator | None = None,
-        model=None, callback=None):
+        model=None, callback=None, artifacts=True):
     """Run (or resume, or join) the multi-objective search; returns the ``optuna.Study``.
 
     Args:
@@ -200,6 +200,10 @@ def run(run, tables, *, n_trials: int = DEFAULT_TRIALS, storage: str | None = No
         evaluator, model: reuse an already built :class:`SplitEvaluator` / loaded model.
         callback: ``callback(stage, done, total, **info)`` after each trial (``stage`` is
             ``"search"``; ``done`` counts the study's complete trials).
+        artifacts: where each trial's plan and report are also stored as Optuna artifacts
+            (a folder for a ``FileSystemArtifactStore``, or an ``ArtifactStore``); ``True``
+            (default): ``RUN/artifacts``; ``None``/``False``: none. The artifacts' records live
+            in the study's storage (SQLite or PostgreSQL alike), their files in the store.
 
     Every complete trial has values ``(avg_acc, worst_acc, avg_bits)`` on the search split and
     user attributes ``plan`` (AllocationPlan dict), ``report`` (FairnessReport dict) and
@@ -272,6 +276,7 @@ def run(run, tables, *, n_trials: int = DEFAULT_TRIALS, storage: str | None = No
             bank.bank(q)  # once, before the trials (not billed to the first trial's apply)
         evaluator = SplitEvaluator(model, run.dataset(), "search", bank=bank)
     objective = Objective(maker=maker, evaluator=evaluator, space=space, n_trials=int(n_trials),
+                          artifact_store=artifact_store(run, artifacts),
                           default_builder="direct" if direct else "solver",
                           budget_range=space.budget_range if direct else None)
 
@@ -288,6 +293,23 @@ def run(run, tables, *, n_trials: int = DEFAULT_TRIALS, storage: str | None = No
     study.set_user_attr("fqopt:n_trials", int(max(n_trials, study.user_attrs.get(
         "fqopt:n_trials", 0))))
     return study
+
+
+ARTIFACT_DIR = "artifacts"
+
+
+def artifact_store(run, artifacts=True):
+    """The Optuna artifact store of a run's study (see :func:`run`), or None."""
+    if artifacts is None or artifacts is False:
+        return None
+    if artifacts is True:
+        artifacts = run.path / ARTIFACT_DIR
+    if isinstance(artifacts, (str, os.PathLike)):
+        from optuna.artifacts import FileSystemArtifactStore
+
+        os.makedirs(artifacts, exist_ok=True)
+        return FileSystemArtifactStore(str(artifacts))
+    return artifacts
 
 
 @contextlib.contextmanager

@@ -143,8 +143,11 @@ class SplitEvaluator:
         return {"y_true": self.y.numpy(), "y_pred": prob.argmax(axis=1),
                 "groups": self.g.numpy(), "y_prob": prob}
 
-    def report(self, plan=None, quantizer: str = "maxabs") -> tuple[object, dict]:
-        """``(FairnessReport, seconds)``; ``seconds`` has ``apply``, ``evaluate``, ``restore``."""
+    def report(self, plan=None, quantizer: str = "maxabs", *, bootstrap: int = 0
+               ) -> tuple[object, dict]:
+        """``(FairnessReport, seconds)``; ``seconds`` has ``apply``, ``evaluate``, ``restore``.
+        ``bootstrap`` > 0 adds the report's percentile intervals; the per-image predicted
+        classes stay in ``last_predictions`` ``[n]`` (for paired comparisons)."""
         from fqopt.apply import quantized
         from fqopt.evaluation import report_from_predictions
 
@@ -180,7 +183,8 @@ class SplitEvaluator:
             t3 = time.perf_counter()
             seconds.update(apply=t1 - t0, evaluate=t2 - t1, restore=t3 - t2)
         t0 = time.perf_counter()
-        rep = report_from_predictions(pred, self.dataset)
+        rep = report_from_predictions(pred, self.dataset, bootstrap=bootstrap)
+        self.last_predictions = pred["y_pred"]
         seconds["evaluate"] += time.perf_counter() - t0
         return rep, seconds
 
@@ -207,6 +211,7 @@ class Objective:
     n_trials: int
     default_builder: str = "solver"
     budget_range: tuple[float, float] | None = None
+    artifact_store: object = None                  # optuna ArtifactStore (plans, reports)
     memo: dict = field(default_factory=dict)       # plan_key -> report dict
     plans: dict = field(default_factory=dict)      # (builder, params, options) -> plan dict
     last_skip: str | None = None
@@ -253,6 +258,10 @@ class Objective:
         trial.set_user_attr(ATTR_WORKER, WORKER)
         trial.set_user_attr("avg_bits_channel", plan.avg_bits_channel)
         trial.set_user_attr("size_bytes", plan.size_bytes)
+        if self.artifact_store is not None:
+            upload_json(self.artifact_store, trial, {
+                f"plan-trial{trial.number:04d}.json": plan.to_dict(),
+                f"report-trial{trial.number:04d}.json": report_dict})
         if self.budget_range is not None:
             lo, hi = self.budget_range
             c = [plan.avg_bits - hi, lo - plan.avg_bits]
@@ -261,6 +270,26 @@ class Objective:
                 trial.set_constraint("avg_bits_over", c[0])
                 trial.set_constraint("avg_bits_under", c[1])
         return report_dict["avg_acc"], report_dict["worst_acc"], float(plan.avg_bits)
+
+
+def upload_json(artifact_store, study_or_trial, files: dict[str, object]) -> None:
+    """Store each ``name -> JSON-able object`` as an Optuna artifact of ``study_or_trial``:
+    optuna-dashboard shows artifacts whole (user attributes are cut at 1,024 characters
+    there). The artifact's metadata goes into the study's storage, its bytes into the store."""
+    import tempfile
+
+    from optuna.artifacts import upload_artifact
+
+    from fqopt._io import json_default
+
+    with tempfile.TemporaryDirectory(prefix="fqopt-artifact-") as tmp:
+        for name, obj in files.items():
+            path = os.path.join(tmp, name)
+            with open(path, "w", encoding="utf-8") as f:
+                json.dump(obj, f, indent=1, default=json_default)
+            upload_artifact(artifact_store=artifact_store, file_path=path,
+                            study_or_trial=study_or_trial, mimetype="application/json",
+                            encoding="utf-8")
 
 
 def claim_slot(trial, n_trials: int) -> str | None:

@@ -34,6 +34,24 @@ class Point:
     label: str = ""
     trial: int | None = None
     kind: str = "sampled"
+    #: ``{"avg_acc": [lo, hi], "worst_acc": [lo, hi]}`` (bootstrap), when known
+    ci: dict | None = None
+
+
+@dataclass
+class Recommended:
+    """The plan recommended at ``budget`` average bits (best search worst_acc within it), and
+    at every budget of ``budgets`` (it may be the choice at several)."""
+
+    budget: float
+    point: Point
+    index: int | None = None
+    budgets: list[float] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        bs = self.budgets or [self.budget]
+        return f"≤{bs[0]:g}b" if len(bs) == 1 else f"≤{bs[0]:g}–{bs[-1]:g}b"
 
 
 @dataclass
@@ -51,20 +69,30 @@ class ParetoFrontInfo:
     baselines: dict[str, list[Point]] = field(default_factory=dict)
     refined: list[Point] = field(default_factory=list)
     fp32: dict | None = None
+    #: the recommended plan at each budget (marked on the front)
+    recommended: list[Recommended] = field(default_factory=list)
+    #: per metric: the y range that shows the plans that matter, and the plans below it
+    #: (collapsed ones, e.g. uniform 2-bit), listed beside the plot instead of squashing it
+    ylim: dict[str, tuple[float, float]] = field(default_factory=dict)
+    collapsed: dict[str, list[Point]] = field(default_factory=dict)
 
 
 def _point(rec: dict, split: str, kind: str | None = None) -> Point | None:
     rep = rec.get(split)
     if not rep:
         return None
+    ci = rep.get("ci") or {}
+    ci = {k: list(ci[k]) for k in ("avg_acc", "worst_acc") if ci.get(k)} or None
     return Point(avg_bits=float(rec["avg_bits"]), avg_acc=float(rep["avg_acc"]),
                  worst_acc=float(rep["worst_acc"]), label=rec.get("label", ""),
-                 trial=rec.get("trial"), kind=kind or rec.get("kind", "sampled"))
+                 trial=rec.get("trial"), kind=kind or rec.get("kind", "sampled"), ci=ci)
 
 
-def pareto_front_info(results: dict, *, split: str = "test", study=None) -> ParetoFrontInfo:
+def pareto_front_info(results: dict, *, split: str = "test", study=None,
+                      budgets=None) -> ParetoFrontInfo:
     """The Pareto front on ``split`` (``test`` or ``search``); with ``study`` and the search
-    split, every complete trial is added as background."""
+    split, every complete trial is added as background. ``budgets``: where to mark the
+    recommended plan (default :data:`fqopt.search._verdict.REPORT_BUDGETS`)."""
     pareto = [p for p in (_point(r, split) for r in results.get("pareto", [])) if p]
     baselines: dict[str, list[Point]] = {}
     for rec in results.get("baselines", []):
@@ -86,8 +114,52 @@ def pareto_front_info(results: dict, *, split: str = "test", study=None) -> Pare
                                 trial=t.number, kind=t.user_attrs.get("fqopt:kind", "sampled")))
     fp = (results.get("fp32") or {}).get(split)
     fp32 = None if not fp else {"avg_acc": fp["avg_acc"], "worst_acc": fp["worst_acc"]}
-    return ParetoFrontInfo(split=split, pareto=sorted(pareto, key=lambda p: p.avg_bits),
-                           trials=trials, baselines=baselines, refined=refined, fp32=fp32)
+    from fqopt.search._verdict import REPORT_BUDGETS, recommend
+
+    budgets = sorted(set(budgets if budgets is not None else REPORT_BUDGETS))
+    recommended, seen = [], {}
+    for b in budgets:
+        r = recommend(results, b)
+        p = None if r is None else _point(r, split)
+        if p is None:
+            continue
+        if r.get("trial") in seen:  # the same plan at a larger budget: widen its label
+            seen[r.get("trial")].budgets.append(b)
+            continue
+        seen[r.get("trial")] = Recommended(budget=b, point=p, index=r.get("index"), budgets=[b])
+        recommended.append(seen[r.get("trial")])
+    info = ParetoFrontInfo(split=split, pareto=sorted(pareto, key=lambda p: p.avg_bits),
+                           trials=trials, baselines=baselines, refined=refined, fp32=fp32,
+                           recommended=recommended)
+    for metric in ("avg_acc", "worst_acc"):
+        info.ylim[metric], info.collapsed[metric] = _visible_range(info, metric)
+    return info
+
+
+def _visible_range(info: ParetoFrontInfo, metric: str):
+    """``((low, high), collapsed points)``: the cluster near the top, where plans compete;
+    collapsed plans (far below: 2-bit uniform and the like) would squash it to a line."""
+    pts = info.pareto + info.refined + [p for ps in info.baselines.values() for p in ps]
+    ys = [getattr(p, metric) for p in pts]
+    if info.fp32:
+        ys.append(info.fp32[metric])
+    if not ys:
+        return (0.0, 1.0), []
+    top, mid = max(ys), float(np.median(ys))
+    good = [y for y in ys if y >= top - max(0.05, 2.5 * (top - mid))]
+    lo = min(good)
+    # room for the intervals (error bars) of the cluster, then of every point that shows
+    pad = max(0.01, 0.06 * (top - lo))
+    low = lo - pad
+    for _ in range(2):
+        los = [p.ci[metric][0] for p in pts if p.ci and metric in p.ci
+               and getattr(p, metric) >= low]
+        low = max(0.0, min([low] + [v - 0.005 for v in los]))
+    his = [p.ci[metric][1] for p in pts if p.ci and metric in p.ci]
+    high = min(1.0, max([top + pad] + [v + 0.005 for v in his]))
+    collapsed = sorted((p for p in pts if getattr(p, metric) < low),
+                       key=lambda p: (p.avg_bits, getattr(p, metric)))
+    return (low, high), collapsed
 
 
 # --------------------------------------------------------------------------- chosen plans
@@ -111,12 +183,14 @@ def chosen_plans(results: dict, caps=(3.0, 3.5, 4.0, 4.5, 5.5)) -> list[dict]:
 
 @dataclass
 class GroupAccuracyInfo:
-    """Per-group accuracy bars: ``series`` is a list of ``(label, [accuracy per group])``."""
+    """Per-group accuracy bars: ``series`` is a list of ``(label, [accuracy per group])``;
+    ``intervals`` (parallel to ``series``) ``[(lo, hi) or None per group]`` (95 % bootstrap)."""
 
     split: str
     groups: list[str]
     n: dict[str, int]
     series: list[tuple[str, list[float]]]
+    intervals: list[list[tuple[float, float] | None]] = field(default_factory=list)
 
 
 def group_accuracy_info(results: dict, *, split: str = "test", chosen=None,
@@ -124,10 +198,12 @@ def group_accuracy_info(results: dict, *, split: str = "test", chosen=None,
     chosen = chosen_plans(results) if chosen is None else chosen
     fp = (results.get("fp32") or {}).get(split) or {}
     groups = list(fp.get("group_names") or (results.get("run") or {}).get("groups") or [])
-    series = []
+    series, intervals = [], []
 
     def accs(rep):
         ga = rep.get("group_accuracy", {})
+        ci = (rep.get("ci") or {}).get("group_accuracy") or {}
+        intervals.append([tuple(ci[g]) if g in ci else None for g in groups])
         return [float(ga.get(g, math.nan)) for g in groups]
 
     shown = set()
@@ -149,7 +225,7 @@ def group_accuracy_info(results: dict, *, split: str = "test", chosen=None,
             series.append((f"pareto-{r['index']:02d}: {r.get('label', '')} "
                            f"({r['avg_bits']:.2f} b)", accs(r[split])))
     return GroupAccuracyInfo(split=split, groups=groups, n=dict(fp.get("n") or {}),
-                             series=series)
+                             series=series, intervals=intervals)
 
 
 @dataclass
@@ -234,8 +310,9 @@ def history_info(study, *, target: int = 1, cap: float | None = 4.5) -> HistoryI
 
 @dataclass
 class ImportanceInfo:
-    """Parameter importances (fANOVA, normalised) per objective; ``message`` when there is too
-    little to say (fewer than ``min_trials`` complete trials, or one parameter)."""
+    """Parameter importances (fANOVA, normalised) per objective over the *sampled* trials (seed
+    trials left out); ``message`` when there is too little to say (fewer than ``min_trials``
+    sampled trials, or one parameter)."""
 
     params: list[str]
     importances: dict[str, dict[str, float]]
@@ -248,27 +325,45 @@ def importance_info(study, *, min_trials: int = 8, seed: int = 0) -> ImportanceI
 
     from fqopt.search._storage import METRIC_NAMES
 
-    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    # seed trials sit where the baselines are, not where the sampler put them: importances
+    # describe the sampled trials only (an in-memory copy of them)
+    trials = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+              if not t.user_attrs.get("fqopt:seed")]
     if len(trials) < min_trials:
-        return ImportanceInfo([], {}, f"only {len(trials)} complete trials; importances need "
-                                      f"at least {min_trials}")
+        return ImportanceInfo([], {}, f"only {len(trials)} complete sampled trials (seed trials "
+                                      f"left out); importances need at least {min_trials}")
+    level = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # "a new study created in memory"
+    try:
+        sampled = optuna.create_study(directions=[d.name.lower() for d in study.directions])
+    finally:
+        optuna.logging.set_verbosity(level)
+    sampled.add_trials(trials)
     out: dict[str, dict[str, float]] = {}
     params: list[str] = []
+    skipped = []
     for i, name in enumerate(METRIC_NAMES):
+        if len({t.values[i] for t in trials}) < 2:
+            skipped.append(f"{name} is the same in every sampled trial")
+            continue
         try:
             imp = optuna.importance.get_param_importances(
-                study, target=lambda t, i=i: t.values[i],
+                sampled, target=lambda t, i=i: t.values[i],
                 evaluator=optuna.importance.FanovaImportanceEvaluator(seed=seed))
         except (RuntimeError, ValueError) as exc:
-            return ImportanceInfo([], {}, f"importances unavailable: {exc}")
+            skipped.append(f"{name}: {exc}")
+            continue
         out[name] = {k: float(v) for k, v in imp.items()}
         params = params or list(imp)
+    note = "; ".join(skipped)
+    if not out:
+        return ImportanceInfo([], {}, f"importances unavailable: {note}")
     if len(params) < 2:
         return ImportanceInfo(params, out, "a single parameter: nothing to compare")
     if len(params) > 12:  # direct mode: one parameter per layer; keep the 12 most important
         total = {p: sum(out[m].get(p, 0.0) for m in out) for p in params}
         params = sorted(params, key=lambda p: -total[p])[:12]
-    return ImportanceInfo(params, out)
+    return ImportanceInfo(params, out, note)
 
 
 # =========================================================================== renderers
@@ -281,10 +376,30 @@ def _mpl():
     return plt
 
 
+#: baselines' error bars sit a little beside their points, so that bars at one bit-width
+#: (uniform, FairQuant, HAWQ at 4 bits) do not cover each other
+_BAR_SHIFT = {"uniform": -0.06, "uniform-all": -0.03, "fairquant": 0.03, "hawq": 0.06,
+              "ladder": 0.0}
+
+
+def _errorbars(ax, pts, metric, color, zorder, *, shift=0.0, alpha=0.55):
+    pts = [p for p in pts if p.ci and metric in p.ci]
+    if not pts:
+        return
+    y = np.array([getattr(p, metric) for p in pts])
+    lo = np.array([p.ci[metric][0] for p in pts])
+    hi = np.array([p.ci[metric][1] for p in pts])
+    ax.errorbar([p.avg_bits + shift for p in pts], y,
+                yerr=[np.maximum(0, y - lo), np.maximum(0, hi - y)], fmt="none", ecolor=color,
+                elinewidth=0.8, capsize=2, alpha=alpha, zorder=zorder)
+
+
 def plot_pareto_front(info: ParetoFrontInfo):
-    """Two panels: avg_acc and worst_acc against avg_bits."""
+    """Two panels: avg_acc and worst_acc against avg_bits, with 95 % bootstrap intervals as
+    error bars where known, the recommended plan at each budget ringed, and the y axis on the
+    region where plans compete (collapsed plans listed in a box)."""
     plt = _mpl()
-    fig, axes = plt.subplots(1, 2, figsize=(12.5, 5.0), sharex=True)
+    fig, axes = plt.subplots(1, 2, figsize=(13.0, 5.6), sharex=True)
     for ax, metric, title in ((axes[0], "avg_acc", "mean of group accuracies (avg_acc)"),
                               (axes[1], "worst_acc", "worst-group accuracy (worst_acc)")):
         if info.trials:
@@ -298,10 +413,12 @@ def plot_pareto_front(info: ParetoFrontInfo):
             sx, sy = staircase(xs, ys)
             ax.step(sx, sy, where="post", color=PARETO_COLOR, lw=1.2, alpha=0.8,
                     label="best Pareto plan at ≤ bits", zorder=3)
+            _errorbars(ax, info.pareto, metric, PARETO_COLOR, 2)
             ax.scatter(xs, ys, s=22, color=PARETO_COLOR, label="Pareto plans", zorder=6)
         for kind, pts in info.baselines.items():
             name, marker, color = BASELINE_STYLE[kind]
             hollow = kind == "uniform-all"
+            _errorbars(ax, pts, metric, color, 2, shift=_BAR_SHIFT.get(kind, 0.0), alpha=0.3)
             ax.scatter([p.avg_bits for p in pts], [getattr(p, metric) for p in pts],
                        marker=marker, s=48, facecolors="none" if hollow else color,
                        edgecolors=color if hollow else "white", linewidth=1.2 if hollow else 0.6,
@@ -312,10 +429,18 @@ def plot_pareto_front(info: ParetoFrontInfo):
                                 textcoords="offset points", xytext=(4, 4 if hollow else -11),
                                 fontsize=7, color="#555555")
         if info.refined:
+            _errorbars(ax, info.refined, metric, REFINED_COLOR, 2)
             ax.scatter([p.avg_bits for p in info.refined],
                        [getattr(p, metric) for p in info.refined], marker="*", s=140,
                        color=REFINED_COLOR, edgecolor="black", linewidth=0.5,
                        label="BAQ-refined", zorder=5)
+        for i, r in enumerate(info.recommended):
+            y = getattr(r.point, metric)
+            ax.scatter([r.point.avg_bits], [y], s=190, facecolors="none", edgecolors="#2ca02c",
+                       linewidth=2.0, zorder=7, label="recommended at ≤ budget" if i == 0 else None)
+            ax.annotate(r.label, (r.point.avg_bits, y), textcoords="offset points",
+                        xytext=(-6, 9 + 8 * (i % 2)), ha="center", fontsize=8, color="#1b7a1b",
+                        fontweight="bold", zorder=8)
         if info.fp32:
             ax.axhline(info.fp32[metric], color=FP_COLOR, ls="--", lw=1.0, label="FP32",
                        zorder=2)
@@ -331,9 +456,10 @@ def plot_pareto_front(info: ParetoFrontInfo):
     handles, labels = axes[1].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), fontsize=9,
                frameon=False)
+    bars = any(p.ci for p in info.pareto)
     fig.suptitle(f"Pareto front on the {info.split} split"
-                 + (" (plans chosen on the search split)" if info.split == "test" else ""),
-                 fontsize=12)
+                 + (" (plans chosen on the search split)" if info.split == "test" else "")
+                 + ("; bars: 95 % bootstrap intervals" if bars else ""), fontsize=12)
     rows = math.ceil(len(labels) / 4)
     fig.tight_layout(rect=(0, 0.03 + 0.045 * rows, 1, 0.97))
     return fig
@@ -354,26 +480,18 @@ def staircase(xs, ys) -> tuple[list[float], list[float]]:
 
 
 def _zoom(ax, info: ParetoFrontInfo, metric: str) -> None:
-    """Keep the interesting range: 2-bit collapses would squash everything else to a line."""
-    ys = [getattr(p, metric) for p in info.pareto + info.refined]
-    ys += [getattr(p, metric) for pts in info.baselines.values() for p in pts]
-    if info.fp32:
-        ys.append(info.fp32[metric])
-    if not ys:
-        return
-    # show the cluster near the top; far-off points (2-bit collapses) are marked with arrows
-    top, mid = max(ys), float(np.median(ys))
-    good = [y for y in ys if y >= top - max(0.05, 2.5 * (top - mid))]
-    lo = min(good)
-    pad = max(0.01, 0.06 * (top - lo))
-    ax.set_ylim(lo - pad, min(1.0, top + pad))
-    below: dict[float, set[float]] = {}
-    for p in [q for pts in info.baselines.values() for q in pts] + info.pareto:
-        if getattr(p, metric) < lo - pad:  # points below the visible range, one label per x
-            below.setdefault(round(p.avg_bits * 2) / 2, set()).add(round(getattr(p, metric), 2))
-    for x, vals in below.items():
-        ax.annotate("↓ " + ", ".join(f"{v:.2f}" for v in sorted(vals)), (x, lo - pad),
-                    textcoords="offset points", xytext=(-8, 3), fontsize=7, color="#555555")
+    """The y range of the info object; plans below it are listed in a box in the corner."""
+    if metric in info.ylim:
+        ax.set_ylim(*info.ylim[metric])
+    below = info.collapsed.get(metric) or []
+    if below:
+        lines = [f"{p.label[:34]} ({p.avg_bits:.2f} b): {getattr(p, metric):.3f}"
+                 for p in below[:6]]
+        if len(below) > 6:
+            lines.append(f"… and {len(below) - 6} more")
+        ax.text(0.98, 0.03, "below the axis:\n" + "\n".join(lines), transform=ax.transAxes,
+                ha="right", va="bottom", fontsize=7, color="#444444", zorder=9,
+                bbox=dict(boxstyle="round,pad=0.35", fc="white", ec="#bbbbbb", alpha=0.92))
 
 
 def plot_group_accuracy(info: GroupAccuracyInfo):
@@ -385,18 +503,30 @@ def plot_group_accuracy(info: GroupAccuracyInfo):
     x = np.arange(G)
     for i, (label, accs) in enumerate(info.series):
         color = FP_COLOR if label == "FP32" else cmap(i % 10)
-        ax.bar(x - 0.4 + width * (i + 0.5), accs, width, label=label, color=color,
+        xs = x - 0.4 + width * (i + 0.5)
+        ax.bar(xs, accs, width, label=label, color=color,
                alpha=0.85 if label != "FP32" else 0.55)
+        ci = info.intervals[i] if i < len(info.intervals) else []
+        have = [k for k, c in enumerate(ci) if c is not None and not math.isnan(accs[k])]
+        if have:
+            y = np.array([accs[k] for k in have])
+            lo = np.array([ci[k][0] for k in have])
+            hi = np.array([ci[k][1] for k in have])
+            ax.errorbar(xs[have], y, yerr=[np.maximum(0, y - lo), np.maximum(0, hi - y)],
+                        fmt="none", ecolor="#333333", elinewidth=0.8, capsize=2)
     ax.set_xticks(x)
     ax.set_xticklabels([f"{g}\n(n={info.n.get(g, '?')})" for g in info.groups])
     ax.set_ylabel(f"accuracy ({info.split} split)")
     ax.set_xlabel("group")
     vals = [v for _, accs in info.series for v in accs if not math.isnan(v)]
+    vals += [c[k] for ci in info.intervals for c in ci if c is not None for k in (0, 1)]
     if vals:
-        ax.set_ylim(max(0.0, min(vals) - 0.1), min(1.0, max(vals) + 0.05))
+        ax.set_ylim(max(0.0, min(vals) - 0.05), min(1.0, max(vals) + 0.03))
     ax.grid(True, axis="y", alpha=0.3)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
-    ax.set_title(f"Per-group accuracy of chosen plans ({info.split} split)")
+    bars = any(c is not None for ci in info.intervals for c in ci)
+    ax.set_title(f"Per-group accuracy of chosen plans ({info.split} split)"
+                 + ("; bars: 95 % bootstrap intervals" if bars else ""))
     fig.tight_layout()
     return fig
 
@@ -500,7 +630,8 @@ def plot_importance(info: ImportanceInfo):
     ax.set_yticklabels(info.params)
     ax.invert_yaxis()
     ax.set_xlabel("importance (fANOVA, normalised per objective)")
-    ax.set_title("Parameter importances")
+    ax.set_title("Parameter importances (sampled trials; seed trials left out)"
+                 + (f"\n{info.message}" if info.message else ""), fontsize=10)
     ax.grid(True, axis="x", alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()

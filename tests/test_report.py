@@ -149,7 +149,7 @@ def test_importance_info_needs_enough_trials():
     from fqopt.search._visualization import importance_info, plot_importance
 
     few = importance_info(_toy_study([(0.8, 0.5, 6.0)] * 3))
-    assert not few.params and "3 complete trials" in few.message
+    assert not few.params and "1 complete sampled trials" in few.message
     plot_importance(few)  # draws the message instead of bars
     rng = np.random.default_rng(0)
     vals = [(float(a), float(b), float(c)) for a, b, c in

@@ -73,8 +73,11 @@ def _check_names(methods, quantizers) -> None:
               help="Optuna picks every layer's bits itself (layer granularity; the budget "
                    "range becomes a constraint).")
 @click.option("--refine-top", type=click.IntRange(0), default=1, show_default=True,
-              help="Refine this many Pareto plans (≤ 4.5 bits, best search worst_acc) with "
+              help="Refine this many Pareto plans (≤ --budget bits, best search worst_acc) with "
                    "BAQ; 0 skips.")
+@click.option("--budget", type=click.FloatRange(2.0, 8.0), default=4.0, show_default=True,
+              help="Average bits per weight the summary recommends a plan for (the Pareto plan "
+                   "with the best search worst_acc at or below it).")
 @click.option("--no-report", is_flag=True, help="Skip report.html and the figures.")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Stop starting new trials after this many seconds.")
@@ -93,8 +96,8 @@ def _check_names(methods, quantizers) -> None:
               help="Training epochs of a new run [default: fqopt train's].")
 @_ui.format_option
 def command(run_dir, trials, storage, study_name, sampler, seed, granularity, methods,
-            quantizers, budget_range, direct, refine_top, no_report, timeout, force, dataset,
-            model, samples, image_size, epochs, fmt):
+            quantizers, budget_range, direct, refine_top, budget, no_report, timeout, force,
+            dataset, model, samples, image_size, epochs, fmt):
     from fqopt.search._pipeline import TrainOptions, precheck, run_pipeline
     from fqopt.search._space import parse_budget_range
 
@@ -113,12 +116,13 @@ def command(run_dir, trials, storage, study_name, sampler, seed, granularity, me
                               methods=method_list, quantizers=quantizer_list,
                               budget_range=lo_hi, direct=direct, refine_top=refine_top,
                               report=not no_report, timeout=timeout, force=force, train=train,
-                              callback=cb)
+                              budget=budget, callback=cb)
     res = result.results
     if fmt == "json":
         _ui.print_json({"results": str(result.results_path),
                         "report": None if result.report_path is None else
                         str(result.report_path), "study": res["study"], "check": res["check"],
+                        "summary": res.get("summary"),
                         "stages": result.stages, "notes": result.notes,
                         "pareto": [{k: r[k] for k in ("index", "trial", "label", "avg_bits",
                                                       "plan_file")}
@@ -131,33 +135,77 @@ def command(run_dir, trials, storage, study_name, sampler, seed, granularity, me
     from fqopt.cli.show import print_pareto
     from fqopt.search._report import pareto_rows
 
+    summary = res.get("summary") or {}
     print_pareto(pareto_rows(result.run, result.study, res),
                  title=f"Pareto plans of {res['study']['name']} "
-                       f"({res['study']['states'].get('complete', 0)} complete trials)")
-    fp = res["fp32"]["test"]
-    uni = next((b for b in res["baselines"] if b.get("seed") == "uniform:4"), None)
-    line = f"FP32 test: avg_acc {fp['avg_acc']:.4f}, worst_acc {fp['worst_acc']:.4f}"
-    if uni:
-        line += (f"; uniform 4-bit ({uni['avg_bits']:.2f} b): avg_acc "
-                 f"{uni['test']['avg_acc']:.4f}, worst_acc {uni['test']['worst_acc']:.4f}")
-    _ui.info(line)
-    chk = res["check"]
-    if chk.get("best_plan") and chk.get("uniform_test_worst_acc") is not None:
-        b = chk["best_plan"]
-
-        def verdict(ok):
-            return "[green]>[/]" if ok else "[red]≤[/]"
-
-        line = (f"best Pareto plan ≤ {chk['bits']} bits: pareto-{b['index']:02d} "
-                f"({b['avg_bits']:.2f} b), test worst_acc {b['test_worst_acc']:.4f} "
-                f"{verdict(chk['passed'])} uniform 4-bit {chk['uniform_test_worst_acc']:.4f}")
-        if chk.get("uniform_all_layers_test_worst_acc") is not None:
-            line += (f", {verdict(chk['passed_all_layers'])} uniform 4-bit all layers "
-                     f"{chk['uniform_all_layers_test_worst_acc']:.4f}")
-        _ui.info(line)
+                       f"({res['study']['states'].get('complete', 0)} complete trials)",
+                 recommended=(summary.get("recommended") or {}).get("trial"),
+                 budget=summary.get("budget"))
     for note in result.notes:
         _ui.info(f"note: {note}")
     times = ", ".join(f"{k} {v:.0f} s" for k, v in result.stages.items())
     _ui.info(f"stages: {times}")
-    _ui.info(f"saved {result.results_path}" + (f", {result.report_path}"
-                                                if result.report_path else ""))
+    print_summary(res, result.report_path)
+
+
+def _kb(n) -> str:
+    return "–" if n is None else f"{n / 1024:.1f} KiB"
+
+
+def print_summary(res: dict, report_path=None) -> None:
+    """The end of a search: which plan to use and how sure that is, in a few lines (stderr)."""
+    from fqopt.search._verdict import describe, interval_text
+
+    s = res.get("summary") or {}
+    info = _ui.info
+    budget = s.get("budget", 4.0)
+    info(f"[bold]── summary ──[/] (95 % bootstrap intervals over the test images; a difference "
+         "whose interval contains 0 is a tie)")
+    fp = (res.get("fp32") or {}).get("test")
+    if fp:
+        info(f"FP32: test worst_acc {interval_text(fp, 'worst_acc')}, avg_acc "
+             f"{interval_text(fp, 'avg_acc')}")
+    rec = s.get("recommended")
+    if rec is None:
+        info(f"[red]No Pareto plan at ≤ {budget:g} average bits[/]: raise --budget or widen "
+             "--budget-range")
+    else:
+        name = (rec.get("plan_file") or "").rsplit("/", 1)[-1] or f"trial {rec['trial']}"
+        info(f"[bold green]Recommended at ≤ {budget:g} bits:[/] {name} — {rec['label']}, "
+             f"{rec['avg_bits']:.2f} bits, {_kb(rec.get('size_bytes'))} "
+             f"(best search worst_acc {rec['search']['worst_acc']:.3f} within the budget)")
+        if rec.get("test"):
+            info(f"  test: worst_acc {interval_text(rec['test'], 'worst_acc')} "
+                 f"({rec['test'].get('worst_group')}), avg_acc "
+                 f"{interval_text(rec['test'], 'avg_acc')}")
+        base = s.get("best_baseline")
+        if base is not None:
+            info(f"  best baseline at ≤ {budget:g} bits (strongest test worst_acc of uniform, "
+                 f"FairQuant, HAWQ-style): {base['label']} ({base['avg_bits']:.2f} "
+                 f"bits), test worst_acc {interval_text(base.get('test'), 'worst_acc')}, avg_acc "
+                 f"{interval_text(base.get('test'), 'avg_acc')}")
+            cmp = s.get("comparison")
+            how = "paired" if cmp and "paired" in cmp.get("method", "") else "unpaired"
+            info(f"  recommended − baseline ({how}): worst_acc {describe(cmp, 'worst_acc')}; "
+                 f"avg_acc {describe(cmp, 'avg_acc')}")
+        if s.get("export_command"):
+            info(f"  export it: {s['export_command']}")
+    for r in s.get("refined") or []:
+        cmp = r.get("comparison")
+        src = (r.get("from") or "").rsplit("/", 1)[-1]
+        w = (cmp or {}).get("worst_acc") or {}
+        word = {"better": "use the refined plan with its checkpoint",
+                "worse": f"keep {src}",
+                "tie": f"keep {src} (it needs no refined checkpoint)"}.get(w.get("verdict"), "")
+        info(f"Refined ({r['label']}, {r['avg_bits']:.2f} bits): test worst_acc "
+             f"{interval_text(r.get('test'), 'worst_acc')} against "
+             f"{interval_text(r.get('source_test'), 'worst_acc')} before; "
+             f"{describe(cmp, 'worst_acc')} — {word}")
+    st = res.get("study") or {}
+    info(f"Study {st.get('name')} in {st.get('storage')} "
+         f"({(st.get('states') or {}).get('complete', 0)} complete trials); open it with:")
+    info(f"  {st.get('dashboard')}")
+    if report_path is not None:
+        info(f"Report: {report_path}")
+    info(f"Results: {res.get('run', {}).get('path')}/reports/search_test.json; "
+         "plans in its plans/ folder (`fqopt show` lists them)")
