@@ -154,10 +154,11 @@ def fqopt_mse_bn(ctx: "ModelContext", budget: float) -> "Candidate":
     return Candidate(plan=cand.plan, model=model.eval(), info={"bn_images": len(idx)})
 
 
-def fqopt_qat(ctx: "ModelContext", budget: float) -> "Candidate":
+def fqopt_qat(ctx: "ModelContext", budget: float, *, fairness: str = "range",
+              balanced: bool = False, tag: str = "qat") -> "Candidate":
     """:func:`fqopt_mse`'s plan, then the same fixed-bit fine-tuning as FQ-QAT (CE + 0.5·range
     of group losses, ``--finetune-epochs`` × ``--finetune-steps``), so that the pair differs
-    only in the plan and the quantizer."""
+    only in the plan and the quantizer. ``fairness``/``balanced``: the variants below."""
     from fqopt import models
     from fqopt.baq import refine
 
@@ -165,8 +166,9 @@ def fqopt_qat(ctx: "ModelContext", budget: float) -> "Candidate":
     args = ctx.args
     res = refine(ctx.run, plan, budget=plan.avg_bits, epochs=0,
                  finetune_epochs=args.finetune_epochs, steps_per_epoch=args.finetune_steps,
-                 fairness="range", lambda_fair=0.5, quantizer="mse", seed=ctx.seed,
-                 device="cpu", out_dir=ctx.run.path / "frontier-fqopt-qat" / f"{budget:g}",
+                 fairness=fairness, lambda_fair=0.5, balanced=balanced, quantizer="mse",
+                 seed=ctx.seed, device="cpu",
+                 out_dir=ctx.run.path / f"frontier-fqopt-{tag}" / f"{budget:g}",
                  force=True, evaluate=False)
     model = models.create(ctx.family.model, ctx.run.num_classes,
                           image_size=ctx.family.image_size)
@@ -219,6 +221,18 @@ register_row("fqopt_search", "fqopt search recommends", kind="fqopt")(fqopt_sear
 register_row("fqopt_mse", "fqopt worst, mse quantizer", kind="fqopt")(fqopt_mse)
 register_row("fqopt_mse_bn", "fqopt worst, mse, BN re-estimated", kind="fqopt")(fqopt_mse_bn)
 register_row("fqopt_qat", "fqopt worst, mse, fine-tuned", kind="fqopt", finetune=True)(fqopt_qat)
+
+
+@register_row("fqopt_qat_bal", "fqopt worst, mse, fine-tuned group-balanced", kind="fqopt",
+              finetune=True)
+def _fqopt_qat_bal(ctx, budget):
+    return fqopt_qat(ctx, budget, balanced=True, tag="qat-bal")
+
+
+@register_row("fqopt_qat_dro", "fqopt worst, mse, fine-tuned balanced + DRO", kind="fqopt",
+              finetune=True)
+def _fqopt_qat_dro(ctx, budget):
+    return fqopt_qat(ctx, budget, fairness="dro", balanced=True, tag="qat-dro")
 
 
 @register_row("fp32", "FP32", kind="reference", per_budget=False)
