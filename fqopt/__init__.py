@@ -23,9 +23,12 @@ _LAZY = {
     "refine": ("fqopt.baq", "refine"),
     "export": ("fqopt.packed", "export"),
     "load_quantized": ("fqopt.packed", "load_quantized"),
+    "export_onnx": ("fqopt.onnx_export", "export_onnx"),
+    "quantize_": ("fqopt.apply", "quantize_"),
 }
 _SUBMODULES = {"data", "models", "metrics", "quantizers", "units", "plan", "sensitivity",
                "profiling", "apply", "evaluation", "training", "runs", "baq", "packed",
+               "onnx_export",
                "solvers", "search"}
 
 __all__ = ["__version__", "UserError", *_LAZY, *sorted(_SUBMODULES)]
