@@ -25,10 +25,11 @@ _LAZY = {
     "load_quantized": ("fqopt.packed", "load_quantized"),
     "export_onnx": ("fqopt.onnx_export", "export_onnx"),
     "quantize_": ("fqopt.apply", "quantize_"),
+    "auto_quantize": ("fqopt.auto", "auto_quantize"),
 }
 _SUBMODULES = {"data", "models", "metrics", "quantizers", "units", "plan", "sensitivity",
                "profiling", "apply", "evaluation", "training", "runs", "baq", "packed",
-               "onnx_export",
+               "onnx_export", "auto",
                "solvers", "search"}
 
 __all__ = ["__version__", "UserError", *_LAZY, *sorted(_SUBMODULES)]
