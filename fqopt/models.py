@@ -87,10 +87,47 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return state
 
 
+_PREFIXES = ("module.", "_orig_mod.")   # DataParallel/DDP, torch.compile
+
+
+def strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Drop the ``module.`` (DataParallel/DDP) and ``_orig_mod.`` (torch.compile) prefixes that
+    every key of a wrapped model's state dict carries."""
+    for prefix in _PREFIXES:
+        if state and all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items()}
+    return state
+
+
+def head_key(model: nn.Module) -> str | None:
+    """State-dict key of the classifier's weight (``fc.weight``, ``head.weight``), found the
+    timm way (``get_classifier``), else the last Linear layer's."""
+    clf = model.get_classifier() if hasattr(model, "get_classifier") else None
+    names = {id(m): n for n, m in model.named_modules()}
+    if isinstance(clf, nn.Module):
+        linears = [m for m in clf.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+        if linears and id(linears[-1]) in names:
+            return f"{names[id(linears[-1])]}.weight"
+    last = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    return f"{last[-1]}.weight" if last else None
+
+
+def checkpoint_classes(name: str, state: dict[str, torch.Tensor], where: str) -> int:
+    """Number of classes a checkpoint's classifier head produces, for timm architecture
+    ``name`` (a UserError if the head is not in the checkpoint)."""
+    probe = create(name, 7)
+    key = head_key(probe)
+    if key is None or key not in state:
+        raise UserError(f"{where} does not fit model {name}: it has no classifier head "
+                        f"{key!r} (keys e.g. {list(state)[:3]})")
+    return int(state[key].shape[0])
+
+
 def load_weights(model: nn.Module, checkpoint, name: str | None = None) -> nn.Module:
     """Load a checkpoint file (or a state dict) into ``model`` strictly."""
     where = f"checkpoint {checkpoint}" if not isinstance(checkpoint, dict) else "state dict"
     state = read_state_dict(checkpoint) if not isinstance(checkpoint, dict) else checkpoint
+    state = strip_prefixes(state)
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
