@@ -107,6 +107,11 @@ def train(run, config: TrainConfig | None = None, *, callback=None, resume: bool
 
     state = {"epoch": 0, "best": -1.0, "best_epoch": -1, "history": [], "bad_epochs": 0,
              "finished": False}
+    init = run.config.get("init")
+    if init and not (resume and run.train_state_path.is_file()):
+        from fqopt import models
+
+        models.init_from(model, init["path"], name=run.model_name)  # checked at creation
     if resume and run.train_state_path.is_file():
         saved = torch.load(run.train_state_path, map_location=device, weights_only=True)
         if saved.get("config") != asdict(config):
