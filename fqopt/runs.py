@@ -139,7 +139,16 @@ class Run:
         key = json.dumps([spec, norm], sort_keys=True)
         if key not in _DATASET_CACHE:
             _DATASET_CACHE.clear()  # keep at most one dataset in memory
-            ds = data.load(spec["name"], **spec.get("options", {}))
+            options = dict(spec.get("options", {}))
+            crop = norm.get("crop_pct")
+            if crop and 0 < float(crop) < 1 and options.get("image_size"):
+                # timm's eval transform: the image at size / crop_pct, centre crop to size
+                size = int(options["image_size"])
+                inner = data.load(spec["name"], **{**options,
+                                                   "image_size": round(size / float(crop))})
+                ds = _center_crop(inner, size)
+            else:
+                ds = data.load(spec["name"], **options)
             if norm.get("mean") is not None and norm.get("std") is not None:
                 # the model's own input normalisation (timm pretrained config, or given at
                 # import), used by every stage that reads the run's images
@@ -167,6 +176,26 @@ class Run:
 
     def __repr__(self) -> str:
         return f"Run({str(self.path)!r}, model={self.model_name!r})"
+
+
+def _center_crop(inner, size: int):
+    """``inner`` (decoded at a larger size) seen through a centred ``size`` x ``size`` window;
+    every attribute but the images is the inner dataset's."""
+    from fqopt.data import FairDataset
+
+    class CenterCropped(FairDataset):
+        def load_images(self, indices):
+            imgs = inner.load_images(indices)
+            top = (imgs.shape[1] - size) // 2
+            left = (imgs.shape[2] - size) // 2
+            return imgs[:, top:top + size, left:left + size]
+
+    ds = CenterCropped(name=inner.name, class_names=inner.class_names,
+                       group_names=inner.group_names, labels=inner.labels, groups=inner.groups,
+                       image_size=size, attribute=inner.attribute, splits=inner.splits,
+                       info={**inner.info, "crop": f"centre {size} of {inner.image_size}"})
+    ds.mean, ds.std = inner.mean, inner.std
+    return ds
 
 
 def import_checkpoint(path, *, model: str, checkpoint, dataset: str = "synthderm",

@@ -47,3 +47,17 @@ def test_incompatible_init_is_one_line_exit_2(tmp_path, capsys):
                         "--out", out)
     assert code == 2 and len(err.strip().splitlines()) == 1 and "does not fit" in err, err
     assert not out.exists()
+
+
+def test_crop_pct_from_the_run_is_applied(tmp_path):
+    run = Run.create(tmp_path / "run", dataset="synthderm",
+                     dataset_options={"n": 30, "image_size": 32}, model="test_resnet",
+                     input_config={"mean": [0.5] * 3, "std": [0.5] * 3, "crop_pct": 0.8})
+    ds = run.dataset()
+    assert ds.image_size == 32 and run.image_size == 32
+    x, y, g = ds.get_batch([0, 1])
+    assert x.shape == (2, 3, 32, 32)
+    from fqopt import data
+
+    full = data.load("synthderm", n=30, image_size=40, seed=0)
+    assert (full.load_images([0])[0, 4:36, 4:36] == ds.load_images([0])[0]).all()
