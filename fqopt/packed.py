@@ -316,14 +316,15 @@ def _input_hw(model: nn.Module, image_size: int | None) -> tuple[int, int]:
 
 
 # ----------------------------------------------------------------------------- export
-def export(model: nn.Module, plan, path, *, quantizer: str = "maxabs",
+def export(model: nn.Module, plan, path, *, quantizer: str | None = None,
            model_name: str | None = None, num_classes: int | None = None,
            image_size: int | None = None, force: bool = False,
            allow_over_budget: bool = False) -> ExportInfo:
     """Write ``model``'s weights quantized per ``plan`` as packed integers to ``path``.
 
     plan: an AllocationPlan, a plan JSON path, or an int (every Conv2d/Linear at that many bits).
-    quantizer: ``maxabs`` or ``mse`` (DESIGN.md §4.1), as for ``fqopt.quantized``.
+    quantizer: ``maxabs`` or ``mse`` (DESIGN.md §4.1), as for ``fqopt.quantized``; default the
+    plan's own (``plan.quantizer``), else ``maxabs``.
     model_name, num_classes, image_size: what :func:`load_quantized` passes to
     ``fqopt.models.create``; by default read from the timm model (``pretrained_cfg``,
     ``num_classes``, a ViT's ``patch_embed.img_size``).
@@ -334,7 +335,7 @@ def export(model: nn.Module, plan, path, *, quantizer: str = "maxabs",
     from fqopt._io import atomic_path, check_writable
     from fqopt.quantizers import METHODS
 
-    if quantizer not in METHODS:
+    if quantizer is not None and quantizer not in METHODS:
         raise UserError(f"unknown quantizer {quantizer!r}; expected one of {', '.join(METHODS)}")
     path = check_writable(path, force, what="export")
     if path.is_dir():
@@ -342,6 +343,7 @@ def export(model: nn.Module, plan, path, *, quantizer: str = "maxabs",
                         f"{path / 'model.safetensors'}")
     known = model_name or _architecture(model)   # None for a model that is not from timm
     plan, source = _resolve_plan(model, plan, known)
+    quantizer = quantizer or getattr(plan, "quantizer", None) or "maxabs"
     name = known or plan.model or type(model).__name__
     if not allow_over_budget:
         over = budget_excess(plan, model, image_size=image_size)
