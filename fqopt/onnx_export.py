@@ -267,5 +267,9 @@ def run_onnx(path, x: np.ndarray | torch.Tensor) -> np.ndarray:
         x = x.detach().cpu().float().numpy()
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = int(os.environ.get("OMP_NUM_THREADS", "0") or 0)
+    # dequantize the integer weights once, when the session loads, instead of at every call
+    # (onnxruntime keeps DequantizeLinear for QDQ fusion otherwise: 1.4x slower at INT4,
+    # benchmarks/RESULTS.md); same outputs
+    opts.add_session_config_entry("session.disable_quant_qdq", "1")
     sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     return sess.run(None, {sess.get_inputs()[0].name: x})[0]
