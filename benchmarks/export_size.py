@@ -30,7 +30,6 @@ the per-repeat ratios with a 95 % bootstrap interval over repeats.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 import tempfile

@@ -105,7 +105,7 @@ def main(workdir: Path, small: bool = False) -> float:
     fqopt_cli("search", "--run", run, "--dataset", "csv", "--trials", 3 if small else 40,
               "--methods", "fisher", "--quantizers", "maxabs", "--budget-range", "3:6",
               "--refine-top", 0, "--no-report", "--force")
-    plan = sorted((run / "plans").glob("pareto-*.json"))[0]
+    plan = min((run / "plans").glob("pareto-*.json"))
     onnx_path = workdir / "model.onnx"
     fqopt_cli("export", "--run", run, "--plan", plan, "--format", "onnx", "--out", onnx_path,
               "--force")

@@ -16,7 +16,7 @@ from torch import nn
 from fqopt.data._base import FairDataset
 from fqopt.errors import UserError
 
-__all__ = ["auto_quantize", "LoaderDataset"]
+__all__ = ["LoaderDataset", "auto_quantize"]
 
 
 class LoaderDataset(FairDataset):

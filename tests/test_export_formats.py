@@ -171,7 +171,7 @@ def test_onnx_mixed_channel_plan_matches_fake_quantized(tmp_path):
     model = _bn_state(models.create("test_resnet", 4))
     plan = _mixed_plan(model, "test_resnet")
     path, info = _onnx_check(model, plan, tmp_path, 32)
-    kinds, dq, m = _weight_inits(path)
+    kinds, _dq, m = _weight_inits(path)
     lb = plan.layer_bits()
     assert info.layers == len(lb)
     assert info.int4_channels == sum(int((b <= 4).sum()) for b in lb.values())

@@ -35,7 +35,7 @@ def test_init_without_image_size_takes_timm_resolution(tmp_path):
 
     pre = models.create("test_resnet", 4)
     torch.save(pre.state_dict(), tmp_path / "w.pt")
-    cfg, info, size = _check_init(tmp_path / "w.pt", "test_resnet", None)
+    _cfg, info, size = _check_init(tmp_path / "w.pt", "test_resnet", None)
     assert size == 160 and info["sha256"]
 
 
@@ -55,7 +55,7 @@ def test_crop_pct_from_the_run_is_applied(tmp_path):
                      input_config={"mean": [0.5] * 3, "std": [0.5] * 3, "crop_pct": 0.8})
     ds = run.dataset()
     assert ds.image_size == 32 and run.image_size == 32
-    x, y, g = ds.get_batch([0, 1])
+    x, _, _ = ds.get_batch([0, 1])
     assert x.shape == (2, 3, 32, 32)
     from fqopt import data
 
