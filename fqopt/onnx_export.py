@@ -18,6 +18,7 @@ up to float summation order. Everything else stays float32.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import warnings
@@ -70,15 +71,12 @@ def _torch_to_onnx(model: nn.Module, image_size, *, opset: int):
     h, w = _input_size(model, image_size)
     p = next(model.parameters())
     x = torch.zeros(2, 3, h, w, dtype=p.dtype, device=p.device)
-    was_training = model.training
+    modes = {m: m.training for m in model.modules()}   # restored as they were, mixed or not
     model.eval()
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
-            buf = io.StringIO()
-            import contextlib
-
-            with contextlib.redirect_stdout(buf):  # the exporter prints its progress
+            with contextlib.redirect_stdout(io.StringIO()):  # the exporter prints its progress
                 try:
                     prog = torch.onnx.export(
                         model, (x,), None, dynamo=True, opset_version=opset,
@@ -95,7 +93,8 @@ def _torch_to_onnx(model: nn.Module, image_size, *, opset: int):
         raise UserError(f"torch.onnx.export cannot export model {type(model).__name__}: "
                         f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}") from None
     finally:
-        model.train(was_training)
+        for m, mode in modes.items():
+            m.training = mode
     mp = prog.model_proto
     # the exporter annotates every node with its Python stack trace and FX names (~1 KB per
     # node, more than the INT4 weights of a small model): not needed to run the model
