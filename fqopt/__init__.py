@@ -23,9 +23,13 @@ _LAZY = {
     "refine": ("fqopt.baq", "refine"),
     "export": ("fqopt.packed", "export"),
     "load_quantized": ("fqopt.packed", "load_quantized"),
+    "export_onnx": ("fqopt.onnx_export", "export_onnx"),
+    "quantize_": ("fqopt.apply", "quantize_"),
+    "auto_quantize": ("fqopt.auto", "auto_quantize"),
 }
 _SUBMODULES = {"data", "models", "metrics", "quantizers", "units", "plan", "sensitivity",
                "profiling", "apply", "evaluation", "training", "runs", "baq", "packed",
+               "onnx_export", "auto",
                "solvers", "search"}
 
 __all__ = ["__version__", "UserError", *_LAZY, *sorted(_SUBMODULES)]

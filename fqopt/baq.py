@@ -704,15 +704,12 @@ class _Session:
 
     def _problem(self, costs, budget):
         from fqopt.solvers import AllocationProblem
-        from fqopt.units import FLOAT_BYTES, SCALE_BYTES
-
         slices = self.units.unit_slices()
         pins = {}
         for layer in getattr(self, "pinned", ()):
             for u in range(slices[layer].start, slices[layer].stop):
                 pins[u] = int(self.init_bits[u])
-        overhead = (SCALE_BYTES * self.units.num_channels
-                    + FLOAT_BYTES * self.units.float_params)
+        overhead = self.units.overhead_bytes
         return AllocationProblem(costs=costs, bits=self.bits, sizes=self.units.sizes,
                                  budget=budget, budget_kind=self.budget_kind,
                                  objective="balanced", macs=self.units.macs, pins=pins,

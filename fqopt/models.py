@@ -89,10 +89,47 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return state
 
 
+_PREFIXES = ("module.", "_orig_mod.")   # DataParallel/DDP, torch.compile
+
+
+def strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Drop the ``module.`` (DataParallel/DDP) and ``_orig_mod.`` (torch.compile) prefixes that
+    every key of a wrapped model's state dict carries."""
+    for prefix in _PREFIXES:
+        if state and all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items()}
+    return state
+
+
+def head_key(model: nn.Module) -> str | None:
+    """State-dict key of the classifier's weight (``fc.weight``, ``head.weight``), found the
+    timm way (``get_classifier``), else the last Linear layer's."""
+    clf = model.get_classifier() if hasattr(model, "get_classifier") else None
+    names = {id(m): n for n, m in model.named_modules()}
+    if isinstance(clf, nn.Module):
+        linears = [m for m in clf.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+        if linears and id(linears[-1]) in names:
+            return f"{names[id(linears[-1])]}.weight"
+    last = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    return f"{last[-1]}.weight" if last else None
+
+
+def checkpoint_classes(name: str, state: dict[str, torch.Tensor], where: str) -> int:
+    """Number of classes a checkpoint's classifier head produces, for timm architecture
+    ``name`` (a UserError if the head is not in the checkpoint)."""
+    probe = create(name, 7)
+    key = head_key(probe)
+    if key is None or key not in state:
+        raise UserError(f"{where} does not fit model {name}: it has no classifier head "
+                        f"{key!r} (keys e.g. {list(state)[:3]})")
+    return int(state[key].shape[0])
+
+
 def load_weights(model: nn.Module, checkpoint, name: str | None = None) -> nn.Module:
     """Load a checkpoint file (or a state dict) into ``model`` strictly."""
     where = f"checkpoint {checkpoint}" if not isinstance(checkpoint, dict) else "state dict"
     state = read_state_dict(checkpoint) if not isinstance(checkpoint, dict) else checkpoint
+    state = strip_prefixes(state)
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
@@ -111,3 +148,52 @@ def load_weights(model: nn.Module, checkpoint, name: str | None = None) -> nn.Mo
                             "in the model")
     model.load_state_dict(state, strict=True)
     return model
+
+
+def init_from(model: nn.Module, checkpoint, name: str | None = None) -> list[str]:
+    """Load pretrained weights (e.g. timm ImageNet weights on disk) into ``model`` for
+    fine-tuning; returns the keys left at their fresh initialisation: the classifier head's,
+    when its class count differs. Any other missing, unexpected or differently shaped tensor
+    is a UserError naming the first."""
+    where = f"--init {checkpoint}"
+    state = strip_prefixes(read_state_dict(checkpoint) if not isinstance(checkpoint, dict)
+                           else checkpoint)
+    label = name or type(model).__name__
+    hk = head_key(model)
+    head = {hk, hk[: -len(".weight")] + ".bias"} if hk else set()
+    own = model.state_dict()
+    for k, v in own.items():
+        if k in head:
+            continue
+        if k not in state:
+            raise UserError(f"{where} does not fit model {label}: no tensor {k!r} "
+                            f"(keys e.g. {list(state)[:2]}; weights of another architecture?)")
+        if tuple(state[k].shape) != tuple(v.shape):
+            raise UserError(f"{where} does not fit model {label}: {k!r} has shape "
+                            f"{tuple(state[k].shape)} in the file but {tuple(v.shape)} in the "
+                            "model")
+    extra = [k for k in state if k not in own and k not in head]
+    if extra:
+        raise UserError(f"{where} does not fit model {label}: unexpected tensor {extra[0]!r}")
+    fresh = [k for k in sorted(head & set(own))
+             if k not in state or tuple(state[k].shape) != tuple(own[k].shape)]
+    load = {k: v for k, v in state.items() if k in own and k not in fresh}
+    model.load_state_dict(load, strict=False)
+    return fresh
+
+
+def pretrained_input(name: str) -> dict:
+    """timm's pretrained data config of architecture ``name``: mean, std, input size, crop."""
+    import timm
+
+    check_name(name)
+    cfg = timm.create_model(name, pretrained=False).pretrained_cfg or {}
+    out = {"mean": [float(v) for v in cfg.get("mean", (0.5, 0.5, 0.5))],
+           "std": [float(v) for v in cfg.get("std", (0.5, 0.5, 0.5))],
+           "source": f"timm pretrained config of {name}"}
+    if cfg.get("input_size"):
+        out["image_size"] = int(cfg["input_size"][-1])
+    for key in ("crop_pct", "crop_mode", "interpolation"):
+        if cfg.get(key) is not None:
+            out[key] = cfg[key]
+    return out

@@ -1,43 +1,31 @@
 """Deployable export: packed low-bit weights in safetensors (DESIGN.md §4.8).
 
 ``export(model, plan, path)`` writes every quantized Conv2d/Linear weight as integer levels packed
-at its units' bit-widths, plus one float32 scale per output channel, plus the model's other state
-(biases, norm parameters, BatchNorm statistics) as it is. ``load_quantized(path)`` rebuilds the
-timm model and gives outputs equal to the fake-quantized model's (``fqopt.quantized(model, plan)``):
-the levels and scales are computed by the same functions (``choose_scale``/``quantize``), so the
-dequantized weights are bit-identical.
+at its units' bit-widths with one float32 scale per output channel, in one tensor per layer named
+by the layer, plus the model's other state (biases, norm parameters, BatchNorm statistics).
+``load_quantized(path)`` rebuilds the model and gives outputs equal to the fake-quantized model's
+(``fqopt.quantized(model, plan)``): levels and scales come from the same functions
+(``choose_scale``/``quantize``), so the dequantized weights are bit-identical.
 
-File layout (safetensors; every tensor is 1-D; layers in the model's Conv2d/Linear registration
-order, the order of :func:`fqopt.units.discover_units`)::
+The format (``fqopt.export/2``) is specified, for readers without fqopt, in
+``docs/export-format.md``. In short:
 
-    qweight  U8   the packed levels of every quantized layer, layer after layer. Within a layer:
-                  the weight in row-major order ([out, in, kh, kw] or [out, in]); a level q of
-                  output channel c is stored as the unsigned b_c-bit code q + (2^(b_c-1) - 1)
-                  (offset binary, codes 0 .. 2^b_c - 2), bits least-significant first, in one
-                  continuous bit stream; each layer's stream is zero-padded to a whole byte.
-    scale    F32  [Σ out_channels] one scale per output channel (w ≈ q · scale).
-    float    F32  every other floating-point entry of the model's state dict (biases, norm
-                  weights, BatchNorm running statistics), flattened, in state-dict order.
-    int      I64  the integer entries (BatchNorm ``num_batches_tracked``), the same way.
+    <layer>  U8   one tensor per quantized layer, keyed by its qualified name: 4·out bytes of
+                  float32 little-endian scales, then the packed levels (offset-binary codes
+                  q + 2^(b_c-1) - 1 at the channel's bit-width b_c, bits least-significant first,
+                  row-major weight order, one stream zero-padded to a whole byte).
+    :float   F32  every other floating-point state-dict entry, flattened and concatenated.
+    :int     I64  the integer entries (BatchNorm ``num_batches_tracked``), the same way.
 
-Per-layer byte offsets follow from the plan (bits and shapes), so the file holds four tensors
-whatever the model: a safetensors header costs ~90 bytes per tensor, which on a small model at
-2 bits would alone exceed the 2 % size bound if every layer had its own tensors (measured in
-``benchmarks/export_size.py``).
+Metadata (str → str): ``format``, ``model``, ``num_classes``, ``image_size``, ``quantizer``,
+``fqopt_version``, ``plan`` and ``state`` (JSON, zlib-compressed, base64: the plan, and the
+names and shapes of the entries in ``:float`` / ``:int``), ``checksum`` (``sha256:`` over the
+tensor index, the other metadata and every data byte).
 
-Metadata (str → str): ``format`` (``fqopt.export/1``), ``model`` (timm architecture),
-``num_classes``, ``image_size`` (empty for CNNs built at any size), ``quantizer``,
-``fqopt_version``, ``plan`` (the full plan JSON, zlib-compressed and base64-encoded: a channel
-plan's per-channel bit lists compress to ~3 bits per channel), ``layout`` (16 hex digits of a
-sha256 over the state-dict names, kinds and shapes, so a model rebuilt differently is caught) and
-``checksum`` (``sha256:`` over the header's tensor index and other metadata, canonical JSON, then
-every data byte: any flipped or missing byte is caught).
-
-Theoretical size: ``Σ_u size_u · b_u / 8`` (weights) ``+ 4 · Σ out_channels`` (scales)
-``+ 4 · float parameters + buffers`` (BatchNorm statistics at float32, counters at int64). The
-plan's ``size_bytes`` is the same without buffers (and with the weight bits rounded up to a byte).
-The data section exceeds the theoretical size by under one byte per layer (padding); the file adds
-the 8-byte length and the JSON header (about 1 KB: tensor index, metadata, compressed plan).
+Why scales and levels share one tensor, and the other state two: a safetensors header costs
+~80 bytes per tensor, and the file must stay within 2 % of the plan's ``size_bytes`` (which
+counts packed weights, scales, float parameters and buffers, not the header) on the default
+model at 3 bits; one tensor per layer part and per state entry would cost ~7 KB there (4.5 %).
 """
 
 from __future__ import annotations
@@ -62,9 +50,8 @@ __all__ = ["FORMAT", "ExportInfo", "ExportFile", "export", "load_quantized", "re
            "verify", "check_same_plan", "pack_codes", "unpack_codes", "budget_excess",
            "theoretical_bytes"]
 
-FORMAT = "fqopt.export/1"
-QWEIGHT, SCALE, FLOAT, INT = "qweight", "scale", "float", "int"
-_KNOWN_TENSORS = (QWEIGHT, SCALE, FLOAT, INT)
+FORMAT = "fqopt.export/2"
+FLOAT, INT = ":float", ":int"   # module names never hold ':', so no layer can be named so
 _BUDGET_RTOL = 1e-9   # relative slack on a recorded budget (float round-off of avg_bits)
 DEFAULT_ATOL = 1e-5   # tolerance of verify(): loaded vs fake-quantized outputs
 
@@ -127,6 +114,7 @@ class ExportFile:
     tensors: dict[str, torch.Tensor]
     header_bytes: int
     file_bytes: int
+    state_index: dict = None          # "float"/"int" -> [(state-dict key, shape)] in order
 
     @property
     def model_name(self) -> str:
@@ -152,6 +140,8 @@ class ExportFile:
         channels = sum(int(s[0]) for s in plan.shapes.values())
         state = sum(t.numel() * t.element_size() for k, t in self.tensors.items()
                     if k in (FLOAT, INT))
+        if buffer_bytes is None:
+            buffer_bytes = int(plan.buffer_bytes) or None
         return ExportInfo(path=str(self.path), file_bytes=self.file_bytes,
                           header_bytes=self.header_bytes, weight_bytes=weight_bits / 8,
                           scale_bytes=4 * channels, state_bytes=int(state),
@@ -217,7 +207,6 @@ class _Layout:
     float_keys: list[str]   # state-dict keys stored in FLOAT, in order
     int_keys: list[str]     # state-dict keys stored in INT, in order
     state: dict             # state dict (tensors share storage with the model)
-    fingerprint: str
     float_param_bytes: int  # 4 per parameter that is not a quantized weight
     buffer_bytes: int       # buffers as stored (float32 / int64)
 
@@ -233,21 +222,14 @@ def _layout(model: nn.Module) -> _Layout:
     if missing:
         raise UserError(f"cannot export: the model's state dict has no entry {missing[0]!r} "
                         "for a quantized layer's weight")
-    float_keys, int_keys, lines = [], [], []
+    float_keys, int_keys = [], []
     for key, t in state.items():
         if key in weight_keys:
-            kind = "q"
-        elif t.is_floating_point():
-            kind = "f"
-            float_keys.append(key)
-        else:
-            kind = "i"
-            int_keys.append(key)
-        lines.append(f"{key}|{kind}|{','.join(map(str, t.shape))}")
-    fingerprint = hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
+            continue
+        (float_keys if t.is_floating_point() else int_keys).append(key)
     params = {n for n, _ in model.named_parameters(remove_duplicate=False)}
     return _Layout(layers=list(units.layers), modules=modules, float_keys=float_keys,
-                   int_keys=int_keys, state=state, fingerprint=fingerprint,
+                   int_keys=int_keys, state=state,
                    float_param_bytes=4 * sum(state[k].numel() for k in float_keys
                                              if k in params),
                    buffer_bytes=(4 * sum(state[k].numel() for k in float_keys
@@ -385,8 +367,8 @@ def export(model: nn.Module, plan, path, *, quantizer: str | None = None,
         "image_size": "" if image_size is None else str(int(image_size)),
         "quantizer": quantizer,
         "fqopt_version": __version__,
-        "layout": lay.fingerprint,
-        "plan": _encode_plan(plan),
+        "plan": _encode_json(plan.to_dict()),
+        "state": _encode_json(_state_index(lay)),
     }
     data = _serialize(tensors, metadata)
     with atomic_path(path) as tmp:
@@ -439,7 +421,7 @@ def _pack(lay: _Layout, plan, quantizer: str) -> dict[str, torch.Tensor]:
     from fqopt.quantizers import choose_scale, quantize
 
     layer_bits = plan.layer_bits()
-    packed, scales = [], []
+    tensors: dict[str, torch.Tensor] = {}
     with torch.no_grad():
         for layer in lay.layers:
             w = lay.modules[layer.name].weight.detach().float()
@@ -449,12 +431,9 @@ def _pack(lay: _Layout, plan, quantizer: str) -> dict[str, torch.Tensor]:
             scale = choose_scale(w, arg, quantizer)
             q = quantize(w, scale, arg).reshape(w.shape[0], -1).cpu()
             codes = (q.numpy().astype(np.int64) + _qmax(b)[:, None]).astype(np.uint8)
-            packed.append(pack_codes(codes, b))
-            scales.append(scale.reshape(-1).float().cpu())
-    tensors = {
-        QWEIGHT: torch.from_numpy(np.concatenate(packed) if packed else np.zeros(0, np.uint8)),
-        SCALE: torch.cat(scales) if scales else torch.zeros(0),
-    }
+            s = scale.reshape(-1).float().cpu().numpy().astype("<f4")
+            tensors[layer.name] = torch.from_numpy(
+                np.concatenate([s.view(np.uint8), pack_codes(codes, b)]))
     if lay.float_keys:
         tensors[FLOAT] = torch.cat([lay.state[k].detach().reshape(-1).float().cpu()
                                     for k in lay.float_keys])
@@ -464,9 +443,33 @@ def _pack(lay: _Layout, plan, quantizer: str) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def _encode_plan(plan) -> str:
-    text = json.dumps(plan.to_dict(), separators=(",", ":"), default=json_default)
+def _state_index(lay: _Layout) -> dict:
+    """Names and shapes of the entries concatenated in ``:float`` and ``:int``, in order."""
+    return {"float": [[k, list(lay.state[k].shape)] for k in lay.float_keys],
+            "int": [[k, list(lay.state[k].shape)] for k in lay.int_keys]}
+
+
+def _encode_json(obj) -> str:
+    text = json.dumps(obj, separators=(",", ":"), default=json_default)
     return base64.b64encode(zlib.compress(text.encode(), 9)).decode("ascii")
+
+
+def _decode_json(text: str):
+    return json.loads(zlib.decompress(base64.b64decode(text, validate=True)).decode("utf-8"))
+
+
+def layer_tensor(raw: np.ndarray, bits: np.ndarray, shape) -> tuple[np.ndarray, np.ndarray]:
+    """``(levels int16 [shape], scales float32 [out])`` from one layer tensor's bytes."""
+    bits = np.asarray(bits, dtype=np.int64)
+    out = int(shape[0])
+    per = int(np.prod(shape)) // out
+    raw = np.asarray(raw, dtype=np.uint8).reshape(-1)
+    if raw.size != 4 * out + _packed_nbytes(bits, per):
+        raise ValueError(f"{raw.size} bytes, expected {4 * out + _packed_nbytes(bits, per)}")
+    scales = raw[:4 * out].copy().view("<f4").astype(np.float32)
+    codes = unpack_codes(raw[4 * out:], bits, per)
+    levels = codes.astype(np.int16) - _qmax(bits)[:, None].astype(np.int16)
+    return levels.reshape(tuple(int(x) for x in shape)), scales
 
 
 def _serialize(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
@@ -532,6 +535,9 @@ def _parse(path: Path, data: bytes) -> ExportFile:
     meta = header.get("__metadata__")
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         found = meta.get("format") if isinstance(meta, dict) else None
+        if found == "fqopt.export/1":
+            raise UserError(f"{where} is in the older format {found!r} (one packed stream for "
+                            f"all layers); export it again with this fqopt ({FORMAT!r})")
         raise UserError(f"{where} is not an fqopt export: format is {found!r}, expected "
                         f"{FORMAT!r}")
     if meta.get("checksum") != _checksum(header, data, start):
@@ -544,18 +550,27 @@ def _parse(path: Path, data: bytes) -> ExportFile:
     except Exception as exc:  # safetensors' own validation (offsets, dtypes)
         raise UserError(f"{where} is truncated or corrupt: "
                         f"{str(exc).splitlines()[0][:200]}") from None
-    unknown = sorted(set(tensors) - set(_KNOWN_TENSORS))
+    decoded = {}
+    for key in ("plan", "state"):
+        try:
+            decoded[key] = _decode_json(meta.get(key, ""))
+        except Exception as exc:
+            raise UserError(f"{where}: the {key} in its metadata cannot be read "
+                            f"({type(exc).__name__})") from None
+    plan = AllocationPlan.from_dict(decoded["plan"], source=where)
+    state = decoded["state"]
+    if (not isinstance(state, dict) or not all(
+            isinstance(state.get(k), list) and all(
+                isinstance(e, list) and len(e) == 2 and isinstance(e[0], str)
+                and isinstance(e[1], list) for e in state[k]) for k in ("float", "int"))):
+        raise UserError(f"{where}: the state index in its metadata is malformed")
+    unknown = sorted(set(tensors) - set(plan.assignments) - {FLOAT, INT})
     if unknown:
-        raise UserError(f"{where}: unexpected tensor {unknown[0]!r}")
-    try:
-        text = zlib.decompress(base64.b64decode(meta.get("plan", ""), validate=True))
-        plan_dict = json.loads(text.decode("utf-8"))
-    except Exception as exc:
-        raise UserError(f"{where}: the plan in its metadata cannot be read "
-                        f"({type(exc).__name__})") from None
-    plan = AllocationPlan.from_dict(plan_dict, source=where)
+        raise UserError(f"{where}: unexpected tensor {unknown[0]!r} (not a layer of its plan)")
     return ExportFile(path=path, metadata=dict(meta), plan=plan, tensors=tensors,
-                      header_bytes=start, file_bytes=len(data))
+                      header_bytes=start, file_bytes=len(data),
+                      state_index={k: [(e[0], tuple(int(x) for x in e[1])) for e in state[k]]
+                                   for k in ("float", "int")})
 
 
 def load_quantized(path, *, dequantize: bool = True, plan=None, model: nn.Module | None = None,
@@ -633,42 +648,41 @@ def _load_into(ef: ExportFile, model: nn.Module, *, dequantize: bool) -> None:
         ef.plan.validate(discover_units(model, "layer", pin="none"))
     except UserError as exc:
         raise UserError(f"{where} does not fit model {arch!r}: {exc}") from None
-    if ef.metadata.get("layout") != lay.fingerprint:
-        raise UserError(f"{where} does not fit model {arch!r}: its state-dict layout differs "
-                        f"(fingerprint {ef.metadata.get('layout')!r}, model "
-                        f"{lay.fingerprint!r}; another architecture or timm version?)")
     t = ef.tensors
-    layer_bits = ef.plan.layer_bits()
-    sizes = {
-        QWEIGHT: sum(_packed_nbytes(layer_bits[la.name], la.per_channel) for la in lay.layers),
-        SCALE: sum(la.out_channels for la in lay.layers),
-        FLOAT: sum(lay.state[k].numel() for k in lay.float_keys),
-        INT: sum(lay.state[k].numel() for k in lay.int_keys),
-    }
-    dtypes = {QWEIGHT: torch.uint8, SCALE: torch.float32, FLOAT: torch.float32,
-              INT: torch.int64}
-    for key, n in sizes.items():
-        got = t.get(key)
+    for blob, keys in ((FLOAT, lay.float_keys), (INT, lay.int_keys)):
+        index = ef.state_index["float" if blob == FLOAT else "int"]
+        mine = [(k, tuple(lay.state[k].shape)) for k in keys]
+        if index != mine:
+            c = next((i for i, (a, b) in enumerate(zip(index, mine)) if a != b),
+                     min(len(index), len(mine)))
+            got = index[c] if c < len(index) else None
+            want = mine[c] if c < len(mine) else None
+            raise UserError(f"{where} does not fit model {arch!r}: its state entry {c} is "
+                            f"{got}, the model's is {want} (another architecture or timm "
+                            "version?)")
+        n = sum(int(np.prod(s)) for _, s in index)
+        got = t.get(blob)
+        want_dtype = torch.float32 if blob == FLOAT else torch.int64
         if (got is None and n) or (got is not None and (got.dim() != 1 or got.numel() != n
-                                                        or got.dtype != dtypes[key])):
+                                                        or got.dtype != want_dtype)):
             desc = "missing" if got is None else f"{got.dtype} {tuple(got.shape)}"
-            raise UserError(f"{where} does not fit model {arch!r}: tensor {key!r} is {desc}, "
-                            f"expected {dtypes[key]} ({n},)")
-    qweight = t[QWEIGHT].numpy() if sizes[QWEIGHT] else np.zeros(0, np.uint8)
-    scales = t[SCALE] if sizes[SCALE] else torch.zeros(0)
-    qo = so = 0
+            raise UserError(f"{where} is corrupt: tensor {blob!r} is {desc}, expected "
+                            f"{want_dtype} ({n},)")
+    layer_bits = ef.plan.layer_bits()
     with torch.no_grad():
         for la in lay.layers:
-            b = np.asarray(layer_bits[la.name], dtype=np.int64)
-            nbytes = _packed_nbytes(b, la.per_channel)
-            codes = unpack_codes(qweight[qo:qo + nbytes], b, la.per_channel)
-            qo += nbytes
-            levels = torch.from_numpy(codes.astype(np.int16) - _qmax(b)[:, None].astype(np.int16))
-            scale = scales[so:so + la.out_channels].reshape(
-                (la.out_channels,) + (1,) * (len(la.shape) - 1))
-            so += la.out_channels
+            raw = t.get(la.name)
+            if raw is None or raw.dtype != torch.uint8 or raw.dim() != 1:
+                raise UserError(f"{where} is corrupt: layer tensor {la.name!r} is missing or "
+                                "not a 1-D U8 tensor")
+            try:
+                levels, scale = layer_tensor(raw.numpy(), layer_bits[la.name], la.shape)
+            except ValueError as exc:
+                raise UserError(f"{where} is corrupt: layer tensor {la.name!r} has {exc}") \
+                    from None
+            scale = torch.from_numpy(scale).reshape((la.out_channels,) + (1,) * (len(la.shape) - 1))
+            levels = torch.from_numpy(levels)
             module = lay.modules[la.name]
-            levels = levels.reshape(la.shape)
             if dequantize:
                 # float levels × scale: the very product fake_quantize computes
                 module.weight.copy_(levels.to(torch.float32) * scale)

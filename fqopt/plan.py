@@ -33,13 +33,14 @@ def check_quantizer(name, where: str = "quantizer") -> str:
 
 
 def plan_size_bytes(units: UnitSet, layer_bits: dict[str, np.ndarray]) -> int:
-    """Packed weights (bits each) + one float32 scale per output channel + float parameters."""
+    """Bytes of an export's data: packed weights (bits each) + one float32 scale per output
+    channel + float parameters (float32) + buffers as stored (``units.overhead_bytes``).
+    The file adds its header (tensor index and metadata, DESIGN.md §4.8)."""
     bits_total = 0
     for layer in units.layers:
         b = np.asarray(layer_bits[layer.name], dtype=np.int64)
         bits_total += int(b.sum()) * layer.per_channel
-    return (math.ceil(bits_total / 8) + SCALE_BYTES * units.num_channels
-            + FLOAT_BYTES * units.float_params)
+    return math.ceil(bits_total / 8) + units.overhead_bytes
 
 
 @dataclass
@@ -63,6 +64,7 @@ class AllocationPlan:
     avg_bits_channel: float
     size_bytes: int
     float_params: int = 0
+    buffer_bytes: int = 0               # buffers as exported (BatchNorm statistics)
     budget: dict | None = None          # {"kind": "avg_bits"|"size_bytes"|"bops", "value": x}
     objective: str | None = None
     predicted: dict[str, float] = field(default_factory=dict)   # group -> predicted cost
@@ -143,6 +145,7 @@ class AllocationPlan:
                    assignments=assignments, shapes=units.shapes(), avg_bits=float(avg_bits),
                    avg_bits_channel=avg_bits_channel,
                    size_bytes=plan_size_bytes(units, layer_bits), float_params=units.float_params,
+                   buffer_bytes=units.buffer_bytes,
                    budget=budget, objective=objective,
                    predicted={str(k): float(v) for k, v in (predicted or {}).items()},
                    solver=dict(solver or {}), meta=dict(meta or {}), quantizer=quantizer)
@@ -197,9 +200,10 @@ class AllocationPlan:
             "schema": self.schema, "model": self.model, "granularity": self.granularity,
             "bits": self.bits, "avg_bits": self.avg_bits,
             "avg_bits_channel": self.avg_bits_channel, "size_bytes": self.size_bytes,
-            "float_params": self.float_params, "budget": self.budget,
-            "objective": self.objective, "quantizer": self.quantizer,
-            "predicted": self.predicted, "solver": self.solver, "meta": self.meta, "shapes": self.shapes, "assignments": self.assignments,
+            "float_params": self.float_params, "buffer_bytes": self.buffer_bytes,
+            "budget": self.budget, "objective": self.objective, "quantizer": self.quantizer,
+            "predicted": self.predicted, "solver": self.solver,
+            "meta": self.meta, "shapes": self.shapes, "assignments": self.assignments,
         }
 
     @classmethod
@@ -262,7 +266,8 @@ class AllocationPlan:
                    avg_bits=float(d.get("avg_bits", float("nan"))),
                    avg_bits_channel=float(d.get("avg_bits_channel", float("nan"))),
                    size_bytes=int(d.get("size_bytes", -1)),
-                   float_params=int(d.get("float_params", 0)), budget=d.get("budget"),
+                   float_params=int(d.get("float_params", 0)),
+                   buffer_bytes=int(d.get("buffer_bytes", 0)), budget=d.get("budget"),
                    objective=d.get("objective"), predicted=dict(d.get("predicted") or {}),
                    solver=dict(d.get("solver") or {}), meta=dict(d.get("meta") or {}),
                    quantizer=quantizer)
@@ -282,7 +287,7 @@ class AllocationPlan:
         self.avg_bits = bits / total
         self.avg_bits_channel = float(allb.mean())
         self.size_bytes = (math.ceil(bits / 8) + SCALE_BYTES * int(allb.size)
-                           + FLOAT_BYTES * self.float_params)
+                           + FLOAT_BYTES * self.float_params + int(self.buffer_bytes))
 
     def save(self, path: str | os.PathLike) -> None:
         from fqopt._io import write_json

@@ -620,6 +620,7 @@ def profile(model: nn.Module, dataset, indices="train", *, method: str = "fisher
         "batch_size": int(batch_size), "batches": len(cal), "image_size": int(size),
         "shapes": units.shapes(), "kinds": {layer.name: layer.kind for layer in units.layers},
         "pinned": dict(units.pinned), "ties": units.ties, "float_params": units.float_params,
+        "buffer_bytes": units.buffer_bytes,
         "method_info": result.meta, "seconds": round(time.perf_counter() - started, 3),
     }
     if result.extras:

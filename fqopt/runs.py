@@ -2,7 +2,8 @@
 
 Layout::
 
-    config.json          dataset (name + options), model (name, image size), seed, training
+    config.json          dataset (name + options), model (name, image size), seed, training,
+                         input (normalisation, when not the dataset's), imported (checkpoint)
     model.pt             best full-precision weights (state dict, read with weights_only=True)
     train_state.pt       last epoch's training state, for resuming
     sensitivity.npz      fqopt profile
@@ -40,7 +41,7 @@ class Run:
     @classmethod
     def create(cls, path, *, dataset: str = "synthderm", dataset_options: dict | None = None,
                model: str | None = None, image_size: int | None = None, seed: int = 0,
-               force: bool = False) -> "Run":
+               force: bool = False, input_config: dict | None = None) -> "Run":
         """Write a new run's ``config.json`` (refuses an existing run unless ``force``)."""
         from fqopt import data, models
 
@@ -60,6 +61,8 @@ class Run:
         config = {"schema": RUN_SCHEMA, "fqopt_version": __version__,
                   "dataset": {"name": dataset, "options": options},
                   "model": {"name": model}, "seed": int(seed), "train": {}}
+        if input_config:
+            config["input"] = dict(input_config)
         run = cls(path, config)
         # the dataset loads before anything is written: bad options leave no folder behind and,
         # with --force, the old run untouched
@@ -153,10 +156,26 @@ class Run:
         from fqopt import data
 
         spec = self.config["dataset"]
-        key = json.dumps(spec, sort_keys=True)
+        norm = self.config.get("input") or {}
+        key = json.dumps([spec, norm], sort_keys=True)
         if key not in _DATASET_CACHE:
             _DATASET_CACHE.clear()  # keep at most one dataset in memory
-            _DATASET_CACHE[key] = data.load(spec["name"], **spec.get("options", {}))
+            options = dict(spec.get("options", {}))
+            crop = norm.get("crop_pct")
+            if crop and 0 < float(crop) < 1 and options.get("image_size"):
+                # timm's eval transform: the image at size / crop_pct, centre crop to size
+                size = int(options["image_size"])
+                inner = data.load(spec["name"], **{**options,
+                                                   "image_size": round(size / float(crop))})
+                ds = _center_crop(inner, size)
+            else:
+                ds = data.load(spec["name"], **options)
+            if norm.get("mean") is not None and norm.get("std") is not None:
+                # the model's own input normalisation (timm pretrained config, or given at
+                # import), used by every stage that reads the run's images
+                ds.mean = tuple(float(v) for v in norm["mean"])
+                ds.std = tuple(float(v) for v in norm["std"])
+            _DATASET_CACHE[key] = ds
         return _DATASET_CACHE[key]
 
     def new_model(self):
@@ -303,3 +322,104 @@ def training_session(path):
                 elif not had_config:
                     (path / "config.json").unlink(missing_ok=True)
             raise
+
+
+def _center_crop(inner, size: int):
+    """``inner`` (decoded at a larger size) seen through a centred ``size`` x ``size`` window;
+    every attribute but the images is the inner dataset's."""
+    from fqopt.data import FairDataset
+
+    class CenterCropped(FairDataset):
+        def load_images(self, indices):
+            imgs = inner.load_images(indices)
+            top = (imgs.shape[1] - size) // 2
+            left = (imgs.shape[2] - size) // 2
+            return imgs[:, top:top + size, left:left + size]
+
+    ds = CenterCropped(name=inner.name, class_names=inner.class_names,
+                       group_names=inner.group_names, labels=inner.labels, groups=inner.groups,
+                       image_size=size, attribute=inner.attribute, splits=inner.splits,
+                       info={**inner.info, "crop": f"centre {size} of {inner.image_size}"})
+    ds.mean, ds.std = inner.mean, inner.std
+    return ds
+
+
+def import_checkpoint(path, *, model: str, checkpoint, dataset: str = "synthderm",
+                      dataset_options: dict | None = None, image_size: int | None = None,
+                      mean=None, std=None, seed: int = 0, force: bool = False) -> "Run":
+    """A run folder from a trained checkpoint, without training (``fqopt import``).
+
+    checkpoint: a timm state dict in ``.pt``/``.pth`` (read with ``weights_only=True``) or
+    ``.safetensors``; ``state_dict``/``model`` wrappers and ``module.`` prefixes are handled.
+    The class count is read from the checkpoint's head and must equal the dataset's. Every
+    check runs before anything is written: a checkpoint of another architecture (naming the
+    first mismatching tensor) or class count is a UserError and leaves no folder behind.
+    mean/std: the input normalisation the model was trained with (default: the dataset's).
+    Writes ``config.json``, ``model.pt`` and ``reports/fp_test.json`` (the FP32 test figures).
+    """
+    import hashlib
+
+    import torch
+
+    from fqopt import data, models
+    from fqopt._io import atomic_path
+    from fqopt.evaluation import evaluate
+
+    path = Path(path)
+    if (path / "config.json").exists() and not force:
+        raise UserError(f"run folder {path} already holds a run; pass --force to replace it "
+                        "or choose another --out")
+    models.check_name(model)
+    where = f"checkpoint {checkpoint}"
+    state = models.strip_prefixes(models.read_state_dict(checkpoint))
+    classes = models.checkpoint_classes(model, state, where)
+    options = dict(dataset_options or {})
+    if image_size is not None:
+        options["image_size"] = int(image_size)
+    if dataset == "synthderm":
+        options.setdefault("seed", int(seed))
+    if dataset not in data.available():
+        raise UserError(f"unknown dataset {dataset!r}; available: "
+                        f"{', '.join(data.available())}")
+    ds = data.load(dataset, **options)
+    if classes != ds.num_classes:
+        raise UserError(f"{where} has a {classes}-class head but dataset {dataset!r} has "
+                        f"{ds.num_classes} classes ({', '.join(ds.class_names[:6])}"
+                        f"{', ...' if ds.num_classes > 6 else ''})")
+    net = models.create(model, classes, image_size=ds.image_size)
+    models.load_weights(net, state, name=model)  # names the first mismatching tensor
+    norm = None
+    if mean is not None or std is not None:
+        if mean is None or std is None:
+            raise UserError("give both --mean and --std (or neither)")
+        norm = {"mean": _triple(mean, "mean"), "std": _triple(std, "std"),
+                "source": "given at import"}
+        if any(v <= 0 for v in norm["std"]):
+            raise UserError(f"--std must be positive, got {norm['std']}")
+    run = Run.create(path, dataset=dataset, dataset_options=options, model=model,
+                     image_size=ds.image_size, seed=seed, force=force, input_config=norm)
+    digest = hashlib.sha256(Path(checkpoint).read_bytes()).hexdigest()
+    run.config["imported"] = {"checkpoint": str(Path(checkpoint).resolve()),
+                              "sha256": digest, "num_classes": classes}
+    run.save_config()
+    with atomic_path(run.checkpoint_path) as tmp:
+        torch.save({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, tmp)
+    rep = evaluate(run.model(), run.dataset(), "test")
+    run.reports_dir.mkdir(parents=True, exist_ok=True)
+    rep.save(run.reports_dir / "fp_test.json")
+    return run
+
+
+def _triple(v, what: str) -> list[float]:
+    if isinstance(v, str):
+        v = v.split(",")
+    try:
+        out = [float(x) for x in v]
+    except (TypeError, ValueError):
+        raise UserError(f"--{what} must be three numbers such as 0.485,0.456,0.406, "
+                        f"got {v!r}") from None
+    if len(out) == 1:
+        out = out * 3
+    if len(out) != 3:
+        raise UserError(f"--{what} must be one or three numbers, got {len(out)}")
+    return out

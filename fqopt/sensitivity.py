@@ -234,7 +234,8 @@ def table_unit_set(table: SensitivityTable):
     units = UnitSet(granularity=granularity, layers=layers,
                     pinned={k: int(v) for k, v in (meta.get("pinned") or {}).items()},
                     ties=[list(t) for t in (meta.get("ties") or [])],
-                    float_params=int(meta.get("float_params", 0)))
+                    float_params=int(meta.get("float_params", 0)),
+                    buffer_bytes=int(meta.get("buffer_bytes", 0)))
     if units.names != table.units:
         raise UserError(f"sensitivity table {table.source}: unit names do not match the layer "
                         f"shapes in its meta (first units {table.units[:2]} vs "

@@ -151,6 +151,11 @@ def _train(run, config, *, callback, resume):
 
     state = {"epoch": 0, "best": -1.0, "best_epoch": -1, "history": [], "bad_epochs": 0,
              "finished": False}
+    init = run.config.get("init")
+    if init and not (resume and run.train_state_path.is_file()):
+        from fqopt import models
+
+        models.init_from(model, init["path"], name=run.model_name)  # checked at creation
     if resume and run.train_state_path.is_file():
         saved = read_train_state(run.train_state_path)
         differ = config_difference(saved["config"], asdict(config))

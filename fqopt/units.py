@@ -59,6 +59,7 @@ class UnitSet:
     pinned: dict[str, int] = field(default_factory=dict)    # layer name -> bits
     ties: list[list[str]] = field(default_factory=list)     # groups of layer names
     float_params: int = 0                                   # parameters kept in float
+    buffer_bytes: int = 0                                   # buffers as exported (BN stats)
 
     def __post_init__(self):
         if self.granularity not in GRANULARITIES:
@@ -109,6 +110,13 @@ class UnitSet:
     @property
     def num_channels(self) -> int:
         return int(sum(layer.out_channels for layer in self.layers))
+
+    @property
+    def overhead_bytes(self) -> int:
+        """Bytes an export holds beyond the packed weights: one float32 scale per output
+        channel, the float parameters at float32 and the buffers as stored."""
+        return (SCALE_BYTES * self.num_channels + FLOAT_BYTES * self.float_params
+                + int(self.buffer_bytes))
 
     def unit_slices(self) -> dict[str, slice]:
         """Layer name -> slice of its units in ``names`` (one unit per layer, or one per channel)."""
@@ -251,4 +259,17 @@ def discover_units(model: nn.Module, granularity: str = "layer", *, pin="default
     float_params = sum(p.numel() for p in model.parameters() if id(p) not in weight_ids)
     return UnitSet(granularity=granularity, layers=layers,
                    pinned={p: int(pin_bits) for p in pin_list}, ties=ties,
-                   float_params=int(float_params))
+                   float_params=int(float_params), buffer_bytes=buffer_bytes(model))
+
+
+def buffer_bytes(model: nn.Module) -> int:
+    """Bytes of the model's state-dict buffers as an export stores them: float buffers
+    (BatchNorm running statistics) at float32, integer ones (``num_batches_tracked``) at int64.
+    Non-persistent buffers are not in the state dict and cost nothing."""
+    params = {id(p) for p in model.parameters()}
+    total = 0
+    for t in model.state_dict(keep_vars=True).values():
+        if id(t) in params:
+            continue
+        total += t.numel() * (FLOAT_BYTES if t.is_floating_point() else 8)
+    return int(total)

@@ -404,8 +404,6 @@ class AllocationProblem:
             names (layers tie channel by channel).
         """
         from fqopt.sensitivity import table_unit_set
-        from fqopt.units import FLOAT_BYTES, SCALE_BYTES
-
         units = table_unit_set(table)
         src = f"sensitivity table {table.source}"
         index = {n: i for i, n in enumerate(units.names)}
@@ -450,7 +448,7 @@ class AllocationProblem:
                     raise UserError(f"cannot tie {list(group)}: they have different numbers of "
                                     "units")
                 tie_units.extend([list(t) for t in zip(*lists)])
-        overhead = SCALE_BYTES * units.num_channels + FLOAT_BYTES * units.float_params
+        overhead = units.overhead_bytes
         scores = _table_scores(table, index, src)
         return cls(costs=table.costs, bits=table.bits, sizes=table.sizes, budget=budget,
                    budget_kind=budget_kind, objective=objective,

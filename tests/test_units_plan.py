@@ -116,7 +116,9 @@ def _brute_figures(model, layer_bits):
         params += m.weight.numel()
         chans.extend(b.tolist())
     floats = sum(p.numel() for p in model.parameters()) - params
-    size = math.ceil(bits / 8) + 4 * len(chans) + 4 * floats
+    # buffers as an export stores them: float32 statistics, int64 counters
+    buffers = sum(b.numel() * (4 if b.is_floating_point() else 8) for b in model.buffers())
+    size = math.ceil(bits / 8) + 4 * len(chans) + 4 * floats + buffers
     return bits / params, float(np.mean(chans)), size
 
 

@@ -13,6 +13,7 @@ from fqopt.errors import UserError
 # command name -> module under fqopt.cli that defines ``command`` (a click.Command)
 COMMANDS = {
     "train": "train",
+    "import": "import_",
     "profile": "profile",
     "allocate": "allocate",
     "evaluate": "evaluate",
@@ -25,6 +26,7 @@ COMMANDS = {
 
 _HELP = {
     "train": "Train the full-precision baseline of a run.",
+    "import": "Create a run from a trained checkpoint (no training).",
     "profile": "Measure per-unit, per-group sensitivity; writes RUN/sensitivity.npz.",
     "allocate": "Solve for a bit allocation under a budget; writes a plan JSON.",
     "evaluate": "Fairness report of the FP model or of a quantization plan.",
@@ -32,7 +34,7 @@ _HELP = {
     "show": "List the Pareto plans of a run's search.",
     "refine": "BAQ: learn bit-widths and weights together, then round under the budget.",
     "report": "Write report.html and PNG figures for a run.",
-    "export": "Write packed low-bit weights (safetensors) for a plan.",
+    "export": "Write packed low-bit weights (safetensors or ONNX) for a plan.",
 }
 
 

@@ -8,8 +8,9 @@ from fqopt.cli import _ui
 from fqopt.cli._common import quantizer_options, resolve_quantizer
 
 
-@click.command("export", help="Write packed low-bit weights (safetensors) for a plan; with "
-                              "--check, verify an existing export instead.")
+@click.command("export", help="Write packed low-bit weights (safetensors) or an ONNX model "
+                              "with integer weights (--format onnx) for a plan; with --check, "
+                              "verify an existing export instead.")
 @click.option("--run", "run_dir", default=None, type=click.Path(file_okay=False),
               help="Run folder whose trained model is exported [default: runs/default].")
 @click.option("--plan", type=click.Path(dir_okay=False), default=None,
@@ -17,7 +18,7 @@ from fqopt.cli._common import quantizer_options, resolve_quantizer
 @click.option("--uniform", type=click.IntRange(2, 8), default=None,
               help="Uniform bit-width instead of a plan (pinned layers stay at their bits).")
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
-              help="File to write [default: RUN/exports/<plan name>.safetensors].")
+              help="File to write [default: RUN/exports/<plan name>.safetensors or .onnx].")
 @click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,
               help="Export these weights (a state dict, e.g. a fine-tuned model) instead of "
                    "RUN/model.pt.")
@@ -28,11 +29,24 @@ from fqopt.cli._common import quantizer_options, resolve_quantizer
               help="Verify FILE instead of writing: format, checksum, the plan it was made from "
                    "(with --plan) and, with --run, that it reproduces the run's fake-quantized "
                    "model.")
-@_ui.format_option
+@click.option("--format", "formats", multiple=True,
+              type=click.Choice(["safetensors", "onnx", "table", "json"]),
+              help="File format (safetensors [default] or onnx: Conv/Linear weights as INT4/INT8 "
+                   "with DequantizeLinear, for onnxruntime) and/or output format (table "
+                   "[default] or json); repeatable, e.g. --format onnx --format json.")
 @_ui.force_option
 def command(run_dir, plan, uniform, out, checkpoint, quantizer, override_quantizer,
-            allow_over_budget, check_file, fmt, force):
+            allow_over_budget, check_file, formats, force):
+    kinds = [f for f in formats if f in ("safetensors", "onnx")]
+    if len(set(kinds)) > 1:
+        raise click.UsageError("--format: give one file format, safetensors or onnx")
+    file_format = kinds[0] if kinds else "safetensors"
+    fmt = "json" if "json" in formats else "table"
+    if "json" in formats and "table" in formats:
+        raise click.UsageError("--format: give one output format, table or json")
     if check_file is not None:
+        if file_format == "onnx":
+            raise click.UsageError("--check verifies safetensors exports only")
         _check(check_file, run_dir, plan, uniform, out, checkpoint, fmt)
         return
     from pathlib import Path
@@ -48,7 +62,8 @@ def command(run_dir, plan, uniform, out, checkpoint, quantizer, override_quantiz
     quantizer = resolve_quantizer(recorded, quantizer, override_quantizer, f"plan {plan}")
     run = Run.open(run_dir or "runs/default")
     stem = Path(plan).stem if plan else f"uniform{uniform}"
-    out = Path(out) if out else run.path / "exports" / f"{stem}.safetensors"
+    suffix = ".onnx" if file_format == "onnx" else ".safetensors"
+    out = Path(out) if out else run.path / "exports" / f"{stem}{suffix}"
     from fqopt._io import check_writable
 
     check_writable(out, force, what="export")  # before any work
@@ -60,11 +75,42 @@ def command(run_dir, plan, uniform, out, checkpoint, quantizer, override_quantiz
 
         p = AllocationPlan.uniform(discover_units(model, "layer"), uniform,
                                    model=run.model_name, quantizer=quantizer)
+    if file_format == "onnx":
+        _export_onnx(run, model, p, out, quantizer, allow_over_budget, force, fmt)
+        return
     info = ex.export(model, p, out, quantizer=quantizer, model_name=run.model_name,
                      num_classes=run.num_classes, image_size=run.image_size, force=force,
                      allow_over_budget=allow_over_budget)
     diff = ex.verify(out, model, image_size=run.image_size)
     _print(info, fmt, verified=diff, title=f"{run.model_name} → {out}")
+
+
+def _export_onnx(run, model, plan, out, quantizer, allow_over_budget, force, fmt):
+    import numpy as np
+    import torch
+
+    from fqopt.apply import quantized, resolve_plan
+    from fqopt.onnx_export import export_onnx, run_onnx
+
+    p = resolve_plan(model, plan)
+    info = export_onnx(model, p, out, method=quantizer, image_size=run.image_size,
+                       force=force, allow_over_budget=allow_over_budget)
+    x = torch.randn(2, 3, run.image_size, run.image_size,
+                    generator=torch.Generator().manual_seed(0))
+    with torch.no_grad(), quantized(model, p, method=info.quantizer):
+        want = model(x).numpy()
+    diff = float(np.abs(run_onnx(out, x) - want).max())
+    d = info.to_dict()
+    d["onnxruntime_max_abs_diff"] = diff
+    if fmt == "json":
+        _ui.print_json(d)
+        return
+    rows = [["file", d["path"]], ["file bytes", f"{info.file_bytes:,}"],
+            ["quantized layers", info.layers],
+            ["channels as INT4 / INT8", f"{info.int4_channels:,} / {info.int8_channels:,}"],
+            ["avg bits", f"{info.avg_bits:.4f}"], ["quantizer", info.quantizer],
+            ["onnxruntime vs fake-quantized", f"max |Δ| = {diff:.3g}"]]
+    _ui.print_table(f"{run.model_name} → {out}", ["", "value"], rows)
 
 
 def _run_model(run, checkpoint):
@@ -124,7 +170,7 @@ def _print(info, fmt, *, verified, title):
         ["  scales", f"{info.scale_bytes:,}"],
         ["  float parameters + buffers", f"{info.state_bytes:,}"],
         ["  of which buffers", "-" if info.buffer_bytes is None else f"{info.buffer_bytes:,}"],
-        ["plan size_bytes (no buffers)", f"{info.plan_size_bytes:,}"],
+        ["plan size_bytes", f"{info.plan_size_bytes:,}"],
         ["avg bits", f"{info.avg_bits:.4f}"],
         ["quantizer", info.quantizer],
     ]

@@ -10,8 +10,9 @@ from fqopt.cli._common import parse_options, print_report
 
 def train_run(run_dir, *, dataset="synthderm", model=None, image_size=None, samples=None,
               data_root=None, data_options=(), seed=0, force=False, config=None,
-              fmt="table", quiet=False):
-    """Create (or resume) a run and train it; shared with ``fqopt search``.
+              fmt="table", quiet=False, init=None):
+    """Create (or resume) a run and train it; shared with ``fqopt search``. ``init``: local
+    pretrained weights to fine-tune from (``fqopt train --init``).
 
     Everything a user can get wrong (the device, an option that differs from the run being
     resumed, a damaged training state) is checked before anything is written; the run folder is
@@ -39,11 +40,29 @@ def train_run(run_dir, *, dataset="synthderm", model=None, image_size=None, samp
             run = Run.open(path)
             _check_resumable(run, dataset=dataset, options=options, model=model,
                              image_size=image_size, seed=seed, config=config)
+            if init is not None and str(init) != (run.config.get("init") or {}).get("path"):
+                raise UserError(f"run {path} was not started from --init {init}; pass --force "
+                                "to start over")
             if not quiet:
                 _ui.info(f"resuming training of {path}")
         else:
+            input_config, init_info = None, None
+            if init is not None:
+                input_config, init_info, image_size = _check_init(init, model, image_size)
             run = Run.create(path, dataset=dataset, dataset_options=options, model=model,
-                             image_size=image_size, seed=seed, force=force)
+                             image_size=image_size, seed=seed, force=force,
+                             input_config=input_config)
+            if init_info is not None:
+                from fqopt import models
+
+                fresh = models.init_from(run.new_model(), init, name=run.model_name)
+                init_info["reinitialised"] = fresh
+                run.config["init"] = init_info
+                run.save_config()
+                if fresh and not quiet:
+                    _ui.info(f"--init: the classifier head ({', '.join(fresh)}) has another "
+                             f"class count than {init}; it is re-initialised for "
+                             f"{run.num_classes} classes")
         ds = run.dataset()
         if not quiet:
             _ui.info(f"[bold]train[/] {run.model_name} on {ds.name}: {len(ds)} samples, "
@@ -142,6 +161,24 @@ def dataset_warnings(ds) -> list[str]:
     return out
 
 
+def _check_init(init, model, image_size):
+    """(input config, init record, image size) for ``--init``: the file must fit the
+    architecture (head aside) before any run folder is written."""
+    import hashlib
+    from pathlib import Path
+
+    from fqopt import models
+
+    name = model or models.DEFAULT_MODEL
+    probe = models.create(name, 7)
+    models.init_from(probe, init, name=name)   # UserError naming the first bad tensor
+    cfg = models.pretrained_input(name)
+    if image_size is None and cfg.get("image_size"):
+        image_size = cfg["image_size"]
+    info = {"path": str(init), "sha256": hashlib.sha256(Path(init).read_bytes()).hexdigest()}
+    return cfg, info, image_size
+
+
 @click.command("train", help="Train the full-precision baseline of a run.")
 @click.option("--dataset", default="synthderm", show_default=True,
               help="synthderm, fitzpatrick17k, isic2019 or csv.")
@@ -164,14 +201,19 @@ def dataset_warnings(ds) -> list[str]:
               help="Early stopping: epochs without a better search avg_acc.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")
+@click.option("--init", type=click.Path(dir_okay=False), default=None,
+              help="Fine-tune from these local pretrained weights (e.g. timm ImageNet weights "
+                   "on disk; a head of another class count is re-initialised). The input "
+                   "normalisation and resolution of timm's pretrained config of --model are "
+                   "recorded in the run and used by every later stage.")
 @_ui.format_option
 @_ui.force_option
 def command(dataset, model, run_dir, image_size, samples, data_root, data_options, epochs,
-            batch_size, lr, weight_decay, balanced, patience, seed, device, fmt, force):
+            batch_size, lr, weight_decay, balanced, patience, seed, device, init, fmt, force):
     from fqopt.training import TrainConfig
 
     config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                          balanced=balanced, patience=patience, seed=seed, device=device)
     train_run(run_dir, dataset=dataset, model=model, image_size=image_size, samples=samples,
               data_root=data_root, data_options=data_options, seed=seed, force=force,
-              config=config, fmt=fmt)
+              config=config, fmt=fmt, init=init)
