@@ -199,7 +199,8 @@ class AllocationPlan:
             "avg_bits_channel": self.avg_bits_channel, "size_bytes": self.size_bytes,
             "float_params": self.float_params, "budget": self.budget,
             "objective": self.objective, "quantizer": self.quantizer,
-            "predicted": self.predicted, "solver": self.solver, "meta": self.meta, "shapes": self.shapes, "assignments": self.assignments,
+            "predicted": self.predicted, "solver": self.solver, "meta": self.meta,
+            "shapes": self.shapes, "assignments": self.assignments,
         }
 
     @classmethod
