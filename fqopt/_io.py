@@ -15,7 +15,7 @@ def check_writable(path: str | os.PathLike, force: bool, what: str = "output") -
     """Refuse to overwrite ``path`` unless ``force``; create its parent folder."""
     path = Path(path)
     if path.is_dir():  # --force replaces a file, never a folder (and all it holds)
-        raise UserError(f"{what} {path} is an existing folder; give a file name (e.g. "
+        raise UserError(f"{what} {path} is a folder; give a file name (e.g. "
                         f"{path / ('out' + (path.suffix or '.json'))})")
     if path.exists() and not force:
         raise UserError(f"{what} {path} already exists; pass --force to overwrite it")

@@ -251,6 +251,7 @@ def test_refine_meets_the_budget_exactly_as_the_solver_reports(small_run, tmp_pa
     # the outputs: the refined weights with the plan give the reported figures
     model, plan2 = load_refined(res.out_dir)
     assert plan2.assignments == res.plan.assignments
+    assert res.plan.quantizer == plan2.quantizer == plan.quantizer  # the plan's own quantizer
     from fqopt.evaluation import evaluate
 
     rep = evaluate(model, small_run.dataset(), "test", plan=plan2)
@@ -404,9 +405,14 @@ def test_cli_refine(small_run, tmp_path, capsys):
     assert summary["refined"]["avg_bits"] <= plan.avg_bits + 0.1
     assert summary["budget"] == {"kind": "avg_bits", "value": plan.avg_bits + 0.1}
     assert (out / "plan.json").is_file() and (out / "model.pt").is_file()
-    code, stdout, err = _cli(capsys, "refine", "--run", small_run.path, "--plan", path,
-                             "--epochs", 1, "--finetune-epochs", 1, "--batch-size", 32,
-                             "--out", out)
+    # a finished refinement is kept: the same command again is refused, --force redoes it
+    weights = (out / "model.pt").read_bytes()
+    again = ["refine", "--run", small_run.path, "--plan", path, "--epochs", 1,
+             "--finetune-epochs", 1, "--batch-size", 32, "--out", out]
+    code, stdout, err = _cli(capsys, *again)
+    assert code == 2 and "finished refinement" in err and "--force" in err, err
+    assert (out / "model.pt").read_bytes() == weights
+    code, stdout, err = _cli(capsys, *again, "--force")
     assert code == 0, err
     assert "refined plan" in stdout and "test worst_acc" in stdout
 
@@ -416,10 +422,14 @@ def test_cli_refine(small_run, tmp_path, capsys):
     other.save(other_path)
     corrupt = tmp_path / "corrupt.json"
     corrupt.write_text(path.read_text()[:200])
+    unfinished = tmp_path / "unfinished"   # a checkpoint of `path`'s refinement, no outputs
+    unfinished.mkdir()
+    (unfinished / "baq_state.pt").write_bytes((out / "baq_state.pt").read_bytes())
     cases = [
         (["--plan", path, "--budget", plan.avg_bits - 0.5], "over the budget"),
         (["--plan", path, "--budget", 1.0], "infeasible"),
-        (["--plan", other_path, "--out", out], "another plan"),
+        (["--plan", other_path, "--out", out], "finished refinement"),
+        (["--plan", other_path, "--out", unfinished], "another plan"),
         (["--plan", corrupt], "not valid JSON"),
         (["--plan", path, "--fairness", "gini"], "unknown fairness"),
     ]

@@ -522,6 +522,10 @@ def test_cli_pipeline_sigint_then_resume(srun, tmp_path):
     assert res["pareto"] and all(p["test"] and p["search"] for p in res["pareto"])
     for p in res["pareto"]:
         assert (run.path / p["plan_file"]).is_file()
+        # the plan file records the quantizer its trial was evaluated with
+        from fqopt.plan import AllocationPlan
+
+        assert AllocationPlan.load(run.path / p["plan_file"]).quantizer == p["quantizer"]
     assert (run.path / "reports" / "report.html").is_file()
     r = _cli("show", "--run", str(run.path), "--format", "json")
     rows = json.loads(r.stdout)["pareto"]

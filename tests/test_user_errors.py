@@ -95,7 +95,7 @@ def test_allocate_force_never_replaces_a_folder(tmp_path, capsys):
     folder.mkdir()
     (folder / "keep.json").write_text("{}")
     _err(capsys, ["allocate", "--table", table, "--budget", "6", "--out", folder, "--force"],
-         "plans", "is an existing folder")
+         "plans", "is a folder")
     assert (folder / "keep.json").read_text() == "{}"
 
 

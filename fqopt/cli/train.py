@@ -111,7 +111,8 @@ def _check_resumable(run, *, dataset, options, model, image_size, seed, config) 
     saved = read_train_state(run.train_state_path) if run.train_state_path.exists() else None
     if saved is not None and saved["state"].get("finished"):
         raise UserError(f"run {path} is already trained; pass --force to retrain")
-    again = "rerun with the options it was started with to resume it, or pass --force to start over"
+    again = ("rerun with the options it was started with to resume it, or pass --force to start "
+             "over")
     old_ds = run.config["dataset"]
     if dataset != old_ds["name"]:
         raise UserError(f"run {path} was started with --dataset {old_ds['name']}, not "
