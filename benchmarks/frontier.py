@@ -102,10 +102,36 @@ FAMILIES = {"cnn": Family("test_resnet", 40), "vit": Family("test_vit", 64)}
 # =========================================================================== fqopt's rows
 # The lead's knobs: each fqopt configuration is one function (ctx, budget) -> Candidate.
 def fqopt_default(ctx: "ModelContext", budget: float) -> "Candidate":
-    """fqopt static ``worst``: fisher table, channel units, default pins (stem and head at 8),
-    Lagrangian solver, the repo's default quantizer (``maxabs``)."""
+    """fqopt's default output at a budget: the static ``worst`` plan (fisher table profiled with
+    the ``mse`` quantizer, channel units, stem and head pinned at 8 bits, lagrange), applied with
+    ``mse``, then refined as ``fqopt search`` refines its recommended plan by default
+    (``search._pipeline.REFINE_MODES['finetune']``: the plan's bits kept, weights fine-tuned for
+    2 × 50 steps with CE + 0.5·range of group losses)."""
+    from fqopt.search._pipeline import REFINE_MODES
+
+    return _fine_tuned(ctx, fqopt_static(ctx, budget).plan, "default",
+                       **REFINE_MODES["finetune"])
+
+
+def fqopt_static(ctx: "ModelContext", budget: float) -> "Candidate":
+    """fqopt's static ``worst`` plan without refinement (see :func:`fqopt_default`)."""
     plan = ctx.solve("fisher", "worst", budget)
-    return Candidate(plan=plan, quantizer="maxabs")
+    return Candidate(plan=plan, quantizer=plan.quantizer)
+
+
+def _fine_tuned(ctx, plan, tag: str, **settings) -> "Candidate":
+    """``plan`` with the run's weights fine-tuned by ``fqopt.refine`` (bits kept)."""
+    from fqopt import models
+    from fqopt.baq import refine
+
+    res = refine(ctx.run, plan, budget=plan.avg_bits, quantizer=plan.quantizer, seed=ctx.seed,
+                 device="cpu", out_dir=ctx.run.path / f"frontier-fqopt-{tag}" /
+                 f"{plan.avg_bits:.4f}", force=True, evaluate=False, **settings)
+    model = models.create(ctx.family.model, ctx.run.num_classes,
+                          image_size=ctx.family.image_size)
+    models.load_weights(model, res.checkpoint, name=ctx.family.model)
+    return Candidate(plan=res.plan, model=model.eval(), quantizer=plan.quantizer,
+                     info={k: v for k, v in settings.items()})
 
 
 def fqopt_search(ctx: "ModelContext", budget: float) -> "Candidate":
@@ -129,53 +155,45 @@ def fqopt_search(ctx: "ModelContext", budget: float) -> "Candidate":
                            "search_worst_acc": t.values[1], "search_avg_acc": t.values[0]})
 
 
-def fqopt_mse(ctx: "ModelContext", budget: float) -> "Candidate":
-    """fqopt static ``worst`` (fisher table, channel units, default pins, lagrange) applied with
-    the ``mse`` quantizer (per-channel clipping chosen by weight MSE, as MCT's thresholds)."""
-    plan = ctx.solve("fisher", "worst", budget)
-    plan.quantizer = "mse"
-    return Candidate(plan=plan, quantizer="mse")
+def fqopt_maxabs(ctx: "ModelContext", budget: float) -> "Candidate":
+    """The static plan of a fisher table profiled with ``maxabs``, applied with ``maxabs``
+    (fqopt's default before session 4)."""
+    from fqopt.search._pipeline import ensure_tables
+    from fqopt.solvers import AllocationProblem, solve
+
+    tables, _ = ensure_tables(ctx.run, ["fisher"], "channel", calib=ctx.args.calib,
+                              model=ctx.model, quantizer="maxabs")
+    table = tables["fisher"]
+    res = solve(AllocationProblem.from_table(table, budget=float(budget), objective="worst"),
+                "lagrange")
+    return Candidate(plan=res.to_plan(table, model=ctx.family.model), quantizer="maxabs")
 
 
-def fqopt_mse_bn(ctx: "ModelContext", budget: float) -> "Candidate":
-    """:func:`fqopt_mse`, then the BatchNorm statistics re-estimated on 1,024 stratified train
-    images under the quantized weights (``fqopt.calibration``)."""
+def fqopt_static_bn(ctx: "ModelContext", budget: float) -> "Candidate":
+    """:func:`fqopt_static`, then the BatchNorm statistics re-estimated on 1,024 stratified
+    train images under the quantized weights (``fqopt.calibration``)."""
     from fqopt.apply import quantize_
     from fqopt.calibration import recalibrate_batchnorm
     from fqopt.data import iter_batches
     from fqopt.profiling import select_calibration
 
-    cand = fqopt_mse(ctx, budget)
+    cand = fqopt_static(ctx, budget)
     model = copy.deepcopy(ctx.model).eval()
-    quantize_(model, cand.plan, method="mse")
+    quantize_(model, cand.plan)
     ds = ctx.dataset
     idx = select_calibration(ds.groups, ds.split("train"), 1024, 0)
     recalibrate_batchnorm(model, iter_batches(ds, idx, 128))
-    return Candidate(plan=cand.plan, model=model.eval(), info={"bn_images": len(idx)})
+    return Candidate(plan=cand.plan, model=model.eval(), quantizer=cand.quantizer,
+                     info={"bn_images": len(idx)})
 
 
-def fqopt_qat(ctx: "ModelContext", budget: float, *, fairness: str = "range",
-              balanced: bool = False, tag: str = "qat") -> "Candidate":
-    """:func:`fqopt_mse`'s plan, then the same fixed-bit fine-tuning as FQ-QAT (CE + 0.5·range
-    of group losses, ``--finetune-epochs`` × ``--finetune-steps``), so that the pair differs
-    only in the plan and the quantizer. ``fairness``/``balanced``: the variants below."""
-    from fqopt import models
-    from fqopt.baq import refine
+def _fine_tune_variant(fairness: str, balanced: bool, tag: str):
+    def row(ctx, budget):
+        from fqopt.search._pipeline import REFINE_MODES
 
-    plan = fqopt_mse(ctx, budget).plan
-    args = ctx.args
-    res = refine(ctx.run, plan, budget=plan.avg_bits, epochs=0,
-                 finetune_epochs=args.finetune_epochs, steps_per_epoch=args.finetune_steps,
-                 fairness=fairness, lambda_fair=0.5, balanced=balanced, quantizer="mse",
-                 seed=ctx.seed, device="cpu",
-                 out_dir=ctx.run.path / f"frontier-fqopt-{tag}" / f"{budget:g}",
-                 force=True, evaluate=False)
-    model = models.create(ctx.family.model, ctx.run.num_classes,
-                          image_size=ctx.family.image_size)
-    models.load_weights(model, res.checkpoint, name=ctx.family.model)
-    return Candidate(plan=res.plan, model=model.eval(), quantizer="mse",
-                     info={"finetune_epochs": args.finetune_epochs,
-                           "steps_per_epoch": args.finetune_steps})
+        settings = dict(REFINE_MODES["finetune"], fairness=fairness, balanced=balanced)
+        return _fine_tuned(ctx, fqopt_static(ctx, budget).plan, tag, **settings)
+    return row
 
 
 # =========================================================================== registry
@@ -216,23 +234,19 @@ def register_row(name: str, label: str, *, kind: str = "baseline", finetune: boo
     return deco
 
 
-register_row("fqopt_default", "fqopt default (worst, fisher)", kind="fqopt")(fqopt_default)
+# fine-tuning is part of fqopt's default (100 steps: cheap), so the row runs without --finetune
+register_row("fqopt_default", "fqopt default (worst, mse, fine-tuned)", kind="fqopt")(
+    fqopt_default)
 register_row("fqopt_search", "fqopt search recommends", kind="fqopt")(fqopt_search)
-register_row("fqopt_mse", "fqopt worst, mse quantizer", kind="fqopt")(fqopt_mse)
-register_row("fqopt_mse_bn", "fqopt worst, mse, BN re-estimated", kind="fqopt")(fqopt_mse_bn)
-register_row("fqopt_qat", "fqopt worst, mse, fine-tuned", kind="fqopt", finetune=True)(fqopt_qat)
-
-
-@register_row("fqopt_qat_bal", "fqopt worst, mse, fine-tuned group-balanced", kind="fqopt",
-              finetune=True)
-def _fqopt_qat_bal(ctx, budget):
-    return fqopt_qat(ctx, budget, balanced=True, tag="qat-bal")
-
-
-@register_row("fqopt_qat_dro", "fqopt worst, mse, fine-tuned balanced + DRO", kind="fqopt",
-              finetune=True)
-def _fqopt_qat_dro(ctx, budget):
-    return fqopt_qat(ctx, budget, fairness="dro", balanced=True, tag="qat-dro")
+register_row("fqopt_static", "fqopt worst, mse (static)", kind="fqopt")(fqopt_static)
+register_row("fqopt_maxabs", "fqopt worst, maxabs (static, pre-session-4 default)",
+             kind="fqopt")(fqopt_maxabs)
+register_row("fqopt_static_bn", "fqopt worst, mse, BN re-estimated", kind="fqopt")(
+    fqopt_static_bn)
+register_row("fqopt_ft_bal", "fqopt worst, mse, fine-tuned group-balanced", kind="fqopt",
+             finetune=True)(_fine_tune_variant("range", True, "ft-bal"))
+register_row("fqopt_ft_dro", "fqopt worst, mse, fine-tuned balanced + DRO", kind="fqopt",
+             finetune=True)(_fine_tune_variant("dro", True, "ft-dro"))
 
 
 @register_row("fp32", "FP32", kind="reference", per_budget=False)
@@ -290,7 +304,8 @@ def _fq_grape_bal_fqbits(ctx, budget):
 
 @register_row("hawq_mean", "HAWQ-style group-blind (mean)")
 def _hawq_mean(ctx, budget):
-    return Candidate(plan=ctx.solve("fisher", "mean", budget), quantizer="maxabs")
+    plan = ctx.solve("fisher", "mean", budget)
+    return Candidate(plan=plan, quantizer=plan.quantizer)
 
 
 @register_row("mct_wonly", "MCT mixed precision, weights only")
@@ -801,6 +816,7 @@ def cache_key(args, family: Family, row: Row) -> str:
         parts.update(ep=args.finetune_epochs, steps=args.finetune_steps)
     if row.name.startswith("fqopt") or row.name == "hawq_mean":
         parts["calib"] = args.calib
+        parts["tables"] = "mse"  # fisher tables profiled with mse since session 4
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:12]
 
 

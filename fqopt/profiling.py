@@ -535,7 +535,7 @@ def _check_bits(bits) -> tuple[int, ...]:
 
 def profile(model: nn.Module, dataset, indices="train", *, method: str = "fisher",
             granularity: str = "channel", bits: Sequence[int] = DEFAULT_BITS,
-            quantizer: str = "maxabs", pin="default", ties=None, calib: int | None = None,
+            quantizer: str = "mse", pin="default", ties=None, calib: int | None = None,
             batch_size: int = 64, seed: int = 0, first_order: bool = False,
             hutchinson_probes: int = 1, allow_empty_groups: bool = False,
             model_name: str | None = None, callback: Callback | None = None
@@ -543,7 +543,7 @@ def profile(model: nn.Module, dataset, indices="train", *, method: str = "fisher
     """Profile ``model`` on ``dataset`` samples ``indices`` (index array or split name).
 
     method: a key of :data:`METHODS`. granularity: ``layer`` or ``channel``. bits: candidate
-    bit-widths (2-8). quantizer: ``maxabs`` or ``mse``. pin/ties: recorded in the table's meta for
+    bit-widths (2-8). quantizer: ``mse`` (fqopt's default) or ``maxabs`` (FairQuant's). pin/ties: recorded in the table's meta for
     the solvers (see :func:`~fqopt.units.discover_units`). calib: at most this many samples,
     stratified by group (None: all of ``indices``). first_order: add the signed ``ḡ·δ`` term
     to ``fisher``/``hutchinson``. allow_empty_groups: give a group without calibration samples

@@ -383,7 +383,7 @@ def render_html(results: dict, pngs: dict[str, bytes], study=None) -> str:
                          interval_text(r.get("test"), "avg_acc"),
                          interval_text(r.get("test"), "worst_acc"),
                          describe(cmp, "worst_acc"), (r.get("plan_file") or "").rsplit("/", 1)[-1]])
-        parts.append("<h2>BAQ-refined plans</h2>" + _table(
+        parts.append("<h2>Refined plans (fine-tuned or BAQ)</h2>" + _table(
             ["plan", "avg bits", "weights (KiB)", "test avg_acc [95 %]", "test worst_acc [95 %]",
              "worst_acc − its source (paired)", "file (plans/)"], rows))
 

@@ -49,7 +49,8 @@ def test_log_has_stage_headers_progress_and_no_terminal_codes(logged):
     assert any("ETA" in ln for ln in progress)
     # the old nested labels ("refine 1/1: refine 1/3") are gone
     assert "refine 1/1: refine" not in err
-    assert re.search(r"^  refine pareto-\d\d: learn bits: \d+/\d+", err, re.M)
+    # the default refinement is fixed-bit fine-tuning (no bits to learn)
+    assert re.search(r"^  refine pareto-\d\d: fine-tune: \d+/\d+", err, re.M)
     assert "\x1b[" not in err + out
 
 
@@ -69,7 +70,7 @@ def test_log_ends_with_a_decision(logged):
     assert "paired" in s["comparison"]["method"]
     (refined,) = s["refined"]
     assert refined["comparison"]["worst_acc"]["verdict"] in ("better", "worse", "tie")
-    assert re.search(r"^Refined \(BAQ of pareto-\d\d", err, re.M)
+    assert re.search(r"^Refined \(fine-tuned pareto-\d\d", err, re.M)
     assert f"optuna-dashboard sqlite:///{run}/study.db --artifact-dir {run}/artifacts" in err
     # the export command runs as printed (the user's next step)
     cmd = s["export_command"].split()

@@ -23,7 +23,7 @@ METHOD_NAMES = ("fisher", "hutchinson", "measured", "gradient", "grape")
               help="Calibration samples from the train split, stratified by group.")
 @click.option("--split", type=click.Choice(["train", "search", "test"]), default="train",
               show_default=True, help="Split the calibration samples come from.")
-@click.option("--quantizer", type=click.Choice(["maxabs", "mse"]), default="maxabs",
+@click.option("--quantizer", type=click.Choice(["maxabs", "mse"]), default="mse",
               show_default=True)
 @click.option("--pin", default="default", show_default=True,
               help="Pinned layers recorded for the solver: default (stem and head), none, or a "

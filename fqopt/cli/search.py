@@ -65,16 +65,21 @@ def _check_names(methods, quantizers) -> None:
 @click.option("--methods", default="fisher,gradient,grape", show_default=True,
               help="Sensitivity methods the trials choose from (gradient and grape also give "
                    "the FairQuant baselines).")
-@click.option("--quantizers", default="maxabs,mse", show_default=True,
-              help="Quantizers the trials choose from.")
+@click.option("--quantizers", default="mse", show_default=True,
+              help="Quantizers the trials choose from (maxabs, mse); the tables are profiled "
+                   "with mse when it is one of them, else with the first.")
 @click.option("--budget-range", default="2.5:7", show_default=True,
               help="Budgets the trials sample, in average bits LOW:HIGH.")
 @click.option("--direct", is_flag=True,
               help="Optuna picks every layer's bits itself (layer granularity; the budget "
                    "range becomes a constraint).")
 @click.option("--refine-top", type=click.IntRange(0), default=1, show_default=True,
-              help="Refine this many Pareto plans (≤ --budget bits, best search worst_acc) with "
-                   "BAQ; 0 skips.")
+              help="Refine this many Pareto plans (≤ --budget bits, best search worst_acc); "
+                   "0 skips.")
+@click.option("--refine", "refine_mode", type=click.Choice(["finetune", "baq"]),
+              default="finetune", show_default=True,
+              help="finetune: fixed-bit fine-tuning of the plan's weights (CE + 0.5·range of "
+                   "group losses, 100 steps); baq: BAQ, bit-widths learned too.")
 @click.option("--budget", type=click.FloatRange(2.0, 8.0), default=4.0, show_default=True,
               help="Average bits per weight the summary recommends a plan for (the Pareto plan "
                    "with the best search worst_acc at or below it).")
@@ -96,7 +101,8 @@ def _check_names(methods, quantizers) -> None:
               help="Training epochs of a new run [default: fqopt train's].")
 @_ui.format_option
 def command(run_dir, trials, storage, study_name, sampler, seed, granularity, methods,
-            quantizers, budget_range, direct, refine_top, budget, no_report, timeout, force,
+            quantizers, budget_range, direct, refine_top, refine_mode, budget, no_report,
+            timeout, force,
             dataset, model, samples, image_size, epochs, fmt):
     from fqopt.search._pipeline import TrainOptions, precheck, run_pipeline
     from fqopt.search._space import parse_budget_range
@@ -115,6 +121,7 @@ def command(run_dir, trials, storage, study_name, sampler, seed, granularity, me
                               sampler=sampler, seed=seed, granularity=granularity,
                               methods=method_list, quantizers=quantizer_list,
                               budget_range=lo_hi, direct=direct, refine_top=refine_top,
+                              refine_mode=refine_mode,
                               report=not no_report, timeout=timeout, force=force, train=train,
                               budget=budget, callback=cb)
     res = result.results
