@@ -27,7 +27,7 @@ budget (parameter-weighted average bits) on the same test draw:
   Linear weight) at the nearest integer bit-width (their real ``avg_bits`` are reported and they
   count as baselines only where those are within the budget);
 - ``fq_grad_max`` / ``fq_grape_bal``: FairQuant's quantile rule as its code runs it
-  (REFERENCE.md): importance from 50 batches of 128 of the shuffled, augmented (flips, ±15°
+  (docs/reference.md): importance from 50 batches of 128 of the shuffled, augmented (flips, ±15°
   rotation) train split, one forward per batch and one backward per skin type present, summed
   over batches, in **train mode** (BatchNorm running statistics drift and the drifted model is
   the one quantized and evaluated); per-weight combination (max, or balanced: each group's map
@@ -361,7 +361,7 @@ def _augment_fairquant(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 
 class FairQuantAsShipped:
-    """FairQuant's calibration and quantile allocation as its code runs them (REFERENCE.md).
+    """FairQuant's calibration and quantile allocation as its code runs them (docs/reference.md).
 
     ``model``: a copy of the FP model after calibration in train mode (drifted BatchNorm
     statistics), the model FairQuant quantizes and evaluates. ``scores[method][combine]``:

@@ -1,4 +1,4 @@
-"""Apply an AllocationPlan to a model: fake-quantized weights, swapped in place (DESIGN.md §3).
+"""Apply an AllocationPlan to a model: fake-quantized weights, swapped in place (docs/design.md §3).
 
 ``quantized(model, plan)`` is a context manager: on entry it keeps a copy of the original weight
 of every layer the plan quantizes (only those tensors, never a copy of the model) and writes the
@@ -125,7 +125,7 @@ def quantized(model: nn.Module, plan, *, method: str | None = None,
     """Fake-quantize ``model``'s weights in place per ``plan`` inside a ``with`` block.
 
     ``plan``: AllocationPlan, plan JSON path, or int (uniform bits for every layer).
-    ``method``: quantizer (``maxabs`` or ``mse``, DESIGN.md §4.1); None: the plan's own.
+    ``method``: quantizer (``maxabs`` or ``mse``, docs/design.md §4.1); None: the plan's own.
     On exit, also after an exception, every weight is restored bit for bit. Only the plan's layer
     weights are copied (to restore them); biases and norm layers are untouched.
 

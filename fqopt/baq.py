@@ -1,4 +1,4 @@
-"""BAQ: learnable bit-widths, trained with the weights, rounded by the solver (DESIGN.md §4.7).
+"""BAQ: learnable bit-widths, trained with the weights, rounded by the solver (docs/design.md §4.7).
 
 ``refine(run, plan)`` starts from an :class:`~fqopt.plan.AllocationPlan` and learns one
 continuous bit-width ``b_u`` per unit (a layer, or one output channel, as the plan's granularity)
@@ -13,7 +13,7 @@ solver and fine-tunes the weights at the rounded bits.
 so ``∂ŵ/∂w = 1`` and ``∂L/∂b = Σ (Q_{lo+1}(w) − Q_lo(w))·∂L/∂ŵ``: the task and fairness losses
 move the bit-widths. At an integer ``b`` the forward pass is exactly ``Q_b(w)`` (what evaluation
 applies) and the gradient is the right derivative, never zero. FairQuant's own BAQ builds
-``w + stopgrad(ŵ − w)``, so its bit logits get no gradient from the task loss (REFERENCE.md).
+``w + stopgrad(ŵ − w)``, so its bit logits get no gradient from the task loss (docs/reference.md).
 
 **Loss.** ``CE + λ_f·R_fair + ψ(g)``. ``R_fair`` is computed from the mean cross-entropy of each
 group present in the batch (:data:`FAIRNESS_TERMS`: ``range`` = max − min as FairQuant,

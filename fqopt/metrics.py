@@ -1,4 +1,4 @@
-"""Fairness metrics: per-group, per-class confusion counts and the FairnessReport (DESIGN.md §2,
+"""Fairness metrics: per-group, per-class confusion counts and the FairnessReport (docs/design.md §2,
 §4.5).
 
 Every figure derives from one int64 array ``counts[G, C, C]`` (group, true class, predicted
@@ -552,7 +552,7 @@ def fairness_report(y_true, y_pred, groups, y_prob=None, *, group_names=None, cl
 # --------------------------------------------------------------------------- the report
 @dataclass
 class FairnessReport:
-    """Fairness figures of one model on one split (DESIGN.md §2); fractions in [0, 1].
+    """Fairness figures of one model on one split (docs/design.md §2); fractions in [0, 1].
 
     Group dicts map group name → value and leave out empty groups (see ``policy``); ``n`` lists
     every group. ``per_class`` holds the per-class gaps (``tpr_gap``, ``tnr_gap``, ``fpr_gap``,

@@ -1,4 +1,4 @@
-"""ONNX export: Conv/Linear weights stored as integers with DequantizeLinear (DESIGN.md §4.8).
+"""ONNX export: Conv/Linear weights stored as integers with DequantizeLinear (docs/design.md §4.8).
 
 ``export_onnx(model, plan, path)`` exports the float model with ``torch.onnx.export`` (the
 torch.export-based exporter, without its graph optimiser: that folds BatchNorm into the

@@ -1,4 +1,4 @@
-"""Deployable export: packed low-bit weights in safetensors (DESIGN.md §4.8).
+"""Deployable export: packed low-bit weights in safetensors (docs/design.md §4.8).
 
 ``export(model, plan, path)`` writes every quantized Conv2d/Linear weight as integer levels packed
 at its units' bit-widths with one float32 scale per output channel, in one tensor per layer named
@@ -323,7 +323,7 @@ def export(model: nn.Module, plan, path, *, quantizer: str | None = None,
     """Write ``model``'s weights quantized per ``plan`` as packed integers to ``path``.
 
     plan: an AllocationPlan, a plan JSON path, or an int (every Conv2d/Linear at that many bits).
-    quantizer: ``maxabs`` or ``mse`` (DESIGN.md §4.1), as for ``fqopt.quantized``; None: the
+    quantizer: ``maxabs`` or ``mse`` (docs/design.md §4.1), as for ``fqopt.quantized``; None: the
         plan's own (``plan.quantizer``).
     model_name, num_classes, image_size: what :func:`load_quantized` passes to
     ``fqopt.models.create``; by default read from the timm model (``pretrained_cfg``,

@@ -1,4 +1,4 @@
-"""AllocationPlan: the bit-width of every unit, as a versioned JSON contract (DESIGN.md §2)."""
+"""AllocationPlan: the bit-width of every unit, as a versioned JSON contract (docs/design.md §2)."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def check_quantizer(name, where: str = "quantizer") -> str:
 def plan_size_bytes(units: UnitSet, layer_bits: dict[str, np.ndarray]) -> int:
     """Bytes of an export's data: packed weights (bits each) + one float32 scale per output
     channel + float parameters (float32) + buffers as stored (``units.overhead_bytes``).
-    The file adds its header (tensor index and metadata, DESIGN.md §4.8)."""
+    The file adds its header (tensor index and metadata, docs/design.md §4.8)."""
     bits_total = 0
     for layer in units.layers:
         b = np.asarray(layer_bits[layer.name], dtype=np.int64)

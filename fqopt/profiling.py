@@ -1,4 +1,4 @@
-"""Group-aware sensitivity profiling (DESIGN.md §4.2): ``profile(...) -> SensitivityTable``.
+"""Group-aware sensitivity profiling (docs/design.md §4.2): ``profile(...) -> SensitivityTable``.
 
 ``costs[u, g, k]`` estimates the rise of group g's mean cross-entropy when unit u alone is
 quantized to ``bits[k]``; ``δ_k = Q_k(w) - w`` is the quantization error of the unit's weights.

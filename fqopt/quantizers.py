@@ -1,4 +1,4 @@
-"""Quantization primitives (DESIGN.md §4.1): pure tensor functions, no module walking.
+"""Quantization primitives (docs/design.md §4.1): pure tensor functions, no module walking.
 
 Symmetric, uniform, per output channel: integer levels q in [-qmax, qmax] with
 qmax = 2^(b-1) - 1 and scale s = c * max|w| / qmax. ``maxabs`` uses c = 1 (FairQuant's

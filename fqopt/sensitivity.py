@@ -1,4 +1,4 @@
-"""SensitivityTable: per-unit, per-group, per-bit-width predicted loss increase (DESIGN.md §2).
+"""SensitivityTable: per-unit, per-group, per-bit-width predicted loss increase (docs/design.md §2).
 
 The ``.npz`` contract (``allow_pickle=False``):
 

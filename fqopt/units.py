@@ -1,4 +1,4 @@
-"""Units: sets of weights that share one bit-width (DESIGN.md §2).
+"""Units: sets of weights that share one bit-width (docs/design.md §2).
 
 A unit is a whole Conv2d/Linear weight (``layer`` granularity) or one output channel of it
 (``channel``), named by the module's qualified name plus ``[c]`` for a channel

@@ -1,4 +1,4 @@
-"""fqopt.search: Optuna multi-objective search over allocation plans (DESIGN.md §4.6).
+"""fqopt.search: Optuna multi-objective search over allocation plans (docs/design.md §4.6).
 
 ``run(run, tables, n_trials=..., storage=..., study_name=...) -> optuna.Study`` runs, resumes or
 joins a study whose trials are ``(avg_acc, worst_acc, avg_bits)`` on the search split;

@@ -1,4 +1,4 @@
-"""``fqopt search`` with no arguments: the whole pipeline on a run folder (DESIGN.md §3).
+"""``fqopt search`` with no arguments: the whole pipeline on a run folder (docs/design.md §3).
 
 Stages, each skipped when its output is already there and current:
 

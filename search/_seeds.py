@@ -1,4 +1,4 @@
-"""Seed trials: plans enqueued before the sampler starts (DESIGN.md §4.6, §6).
+"""Seed trials: plans enqueued before the sampler starts (docs/design.md §4.6, §6).
 
 - ``ladder``: fqopt's solver with the ``worst`` objective on the first method's table at a
   ladder of budgets;

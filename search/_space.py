@@ -4,9 +4,9 @@
 
 - ``budget``: average bits (parameter-weighted), a float on a grid of ``budget_step``;
 - ``lambda``: the objective blend, the solver minimises ``(1 − λ)·balanced + λ·worst``
-  (λ = 1 is ``worst``, λ = 0 ``balanced``; DESIGN.md §4.3);
+  (λ = 1 is ``worst``, λ = 0 ``balanced``; docs/design.md §4.3);
 - ``method``: which sensitivity table the solver reads;
-- ``quantizer``: ``maxabs`` or ``mse`` (DESIGN.md §4.1), used when the plan is applied.
+- ``quantizer``: ``maxabs`` or ``mse`` (docs/design.md §4.1), used when the plan is applied.
 
 :class:`DirectSpace` (``--direct``, layer granularity): Optuna picks every free layer's bits
 itself (``bits:<layer>`` categorical parameters) plus the quantizer; the budget range is enforced

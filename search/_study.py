@@ -1,4 +1,4 @@
-"""``fqopt.search.run``: the Optuna study over plans (DESIGN.md §4.6).
+"""``fqopt.search.run``: the Optuna study over plans (docs/design.md §4.6).
 
 The loop, per process (every worker runs the same code on the same study):
 

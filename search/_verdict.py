@@ -1,6 +1,6 @@
 """What a search recommends, and how sure that is: the recommended plan at a budget, the best
 baseline beside it, paired bootstrap intervals over the test images, and the refined plans'
-verdicts (DESIGN.md §7: a difference whose interval contains 0 is a tie).
+verdicts (docs/design.md §7: a difference whose interval contains 0 is a tie).
 
 Inputs: the results dict of ``reports/search_test.json`` and the per-image test predictions that
 the test stage keeps (``reports/test_predictions.npz``: ``y_true``, ``groups``, and one
@@ -21,7 +21,7 @@ PREDICTIONS_FILE = "test_predictions.npz"
 DEFAULT_BUDGET = 4.0
 #: budgets at which the report marks a recommended plan
 REPORT_BUDGETS = (3.0, 3.5, 4.0, 4.5, 5.5)
-#: baselines a recommendation is compared with (DESIGN.md §6); ``ladder`` is fqopt's own
+#: baselines a recommendation is compared with (docs/design.md §6); ``ladder`` is fqopt's own
 BASELINE_KINDS = ("uniform", "uniform-all", "fairquant", "hawq")
 #: a baseline counts at a budget when its average bits are within this of it (uniform 4-bit
 #: with the stem and head at 8 bits has a little over 4)

@@ -1,4 +1,4 @@
-"""Allocation solvers (DESIGN.md §4.3-4.4): one problem, many back-ends.
+"""Allocation solvers (docs/design.md §4.3-4.4): one problem, many back-ends.
 
 ``AllocationProblem`` holds plain arrays and imports no solver library; ``solve(problem,
 backend=...)`` returns an ``AllocationResult`` with a status, the objective recomputed from the

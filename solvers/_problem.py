@@ -1,4 +1,4 @@
-"""The allocation problem as plain arrays (DESIGN.md §4.3). Imports no solver.
+"""The allocation problem as plain arrays (docs/design.md §4.3). Imports no solver.
 
 Choose one bit-width per unit. With ``x_u`` the chosen bit-width of unit u, group g's predicted
 cost is ``C_g(x) = Σ_u costs[u, g, x_u]`` and the plan minimises an objective of the group costs

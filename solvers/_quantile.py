@@ -1,4 +1,4 @@
-"""``quantile``: FairQuant's allocation rule, as a baseline (REFERENCE.md, "the quantile rule").
+"""``quantile``: FairQuant's allocation rule, as a baseline (docs/reference.md, "the quantile rule").
 
 Units are ranked globally by an importance score; the least important share p_1 of the units
 gets the lowest bit-width b_1, the next share p_2 gets b_2, and so on (default bits (2, 4, 8) at

@@ -1,4 +1,4 @@
-"""AllocationResult: what every back-end returns (DESIGN.md §4.4)."""
+"""AllocationResult: what every back-end returns (docs/design.md §4.4)."""
 
 from __future__ import annotations
 

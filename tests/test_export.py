@@ -1,4 +1,4 @@
-"""Packed export (DESIGN.md §4.8): exact outputs, size bound, corrupt files, wrong plans, CLI."""
+"""Packed export (docs/design.md §4.8): exact outputs, size bound, corrupt files, wrong plans, CLI."""
 
 import json
 import os

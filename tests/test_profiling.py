@@ -1,4 +1,4 @@
-"""Group-aware sensitivity profiling (DESIGN.md §4.2), checked against independent computations."""
+"""Group-aware sensitivity profiling (docs/design.md §4.2), checked against independent computations."""
 
 import copy
 import json

@@ -1,4 +1,4 @@
-"""Quantization primitives (DESIGN.md §4.1): levels, error bounds, mse vs maxabs, STE."""
+"""Quantization primitives (docs/design.md §4.1): levels, error bounds, mse vs maxabs, STE."""
 
 import pytest
 import torch

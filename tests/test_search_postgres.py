@@ -1,4 +1,4 @@
-"""Several workers on one PostgreSQL study (DESIGN.md §4.6): run the same command on each, and
+"""Several workers on one PostgreSQL study (docs/design.md §4.6): run the same command on each, and
 together they complete exactly the requested trials, each seed once, nothing lost.
 
 Needs a server: ``FQOPT_TEST_POSTGRES_URL`` (``scripts/test.sh`` starts one with

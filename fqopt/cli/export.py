@@ -1,4 +1,4 @@
-"""fqopt export: packed low-bit weights of a run's model under a plan (DESIGN.md §4.8)."""
+"""fqopt export: packed low-bit weights of a run's model under a plan (docs/design.md §4.8)."""
 
 from __future__ import annotations
 

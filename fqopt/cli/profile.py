@@ -1,4 +1,4 @@
-"""fqopt profile: per-unit, per-group, per-bit sensitivity of a run's model (DESIGN.md §4.2)."""
+"""fqopt profile: per-unit, per-group, per-bit sensitivity of a run's model (docs/design.md §4.2)."""
 
 from __future__ import annotations
 

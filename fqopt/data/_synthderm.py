@@ -1,4 +1,4 @@
-"""synthderm: the embedded, generated dermatology-like dataset (DESIGN.md §5).
+"""synthderm: the embedded, generated dermatology-like dataset (docs/design.md §5).
 
 Each image is a patch of skin at one of six Fitzpatrick-like tones with one lesion of one of four
 classes. Classes differ in shape (round / irregular / oval), border (sharp, ragged, rolled),
@@ -24,7 +24,7 @@ from fqopt.errors import UserError
 
 CLASS_NAMES = ("nevus", "melanoma", "basal_cell_carcinoma", "seborrheic_keratosis")
 GROUP_NAMES = ("I", "II", "III", "IV", "V", "VI")
-# Fitzpatrick17k skin-type counts (I..VI), REFERENCE.md
+# Fitzpatrick17k skin-type counts (I..VI), docs/reference.md
 TONE_COUNTS = np.array([2947, 4808, 3308, 2781, 1533, 635], dtype=float)
 TONE_PREVALENCE = TONE_COUNTS / TONE_COUNTS.sum()
 CLASS_PREVALENCE = np.array([0.35, 0.25, 0.2, 0.2])
