@@ -159,14 +159,11 @@ def fqopt_maxabs(ctx: "ModelContext", budget: float) -> "Candidate":
     """The static plan of a fisher table profiled with ``maxabs``, applied with ``maxabs``
     (fqopt's default before session 4)."""
     from fqopt.search._pipeline import ensure_tables
-    from fqopt.solvers import AllocationProblem, solve
 
     tables, _ = ensure_tables(ctx.run, ["fisher"], "channel", calib=ctx.args.calib,
                               model=ctx.model, quantizer="maxabs")
-    table = tables["fisher"]
-    res = solve(AllocationProblem.from_table(table, budget=float(budget), objective="worst"),
-                "lagrange")
-    return Candidate(plan=res.to_plan(table, model=ctx.family.model), quantizer="maxabs")
+    plan = ctx.solve("fisher", "worst", budget, table=tables["fisher"])
+    return Candidate(plan=plan, quantizer="maxabs")
 
 
 def fqopt_static_bn(ctx: "ModelContext", budget: float) -> "Candidate":
@@ -572,11 +569,21 @@ class ModelContext:
     def name(self) -> str:
         return self.run.path.name
 
-    def solve(self, method: str, objective: str, budget: float):
+    def solve(self, method: str, objective: str, budget: float, table=None):
         from fqopt.solvers import AllocationProblem, solve
 
-        table = self.tables()[method]
+        table = self.tables()[method] if table is None else table
         prob = AllocationProblem.from_table(table, budget=float(budget), objective=objective)
+        if prob.min_budget() > budget:
+            # a small model's stem and head at 8 bits can exceed a low budget (test_vit: 3.0
+            # bits): hold them at 4 bits or more instead of pinning them at 8
+            pinned = dict((table.meta or {}).get("pinned") or {})
+            prob = AllocationProblem.from_table(table, budget=float(budget),
+                                                objective=objective, pins="none",
+                                                min_bits={name: 4 for name in pinned})
+            if prob.min_budget() > budget:
+                prob = AllocationProblem.from_table(table, budget=float(budget),
+                                                    objective=objective, pins="none")
         res = solve(prob, "lagrange")
         if not res.ok:
             raise Skip(f"solver: {res.status} {res.message}")
