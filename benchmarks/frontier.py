@@ -962,6 +962,11 @@ def print_table(family_name: str, family: Family, summary: dict, rows: list[Row]
     for b in args.budgets:
         tag = f"{b:g}"
         comp = summary["comparisons"][tag]
+        for row in rows:
+            cell = summary["rows"][row.name].get(tag, {})
+            if row.kind == "fqopt" and "skipped" in cell:
+                print(f"| {tag} | {row.name} | {comp['best_baseline']} | — | — | no plan: "
+                      f"{'; '.join(cell['skipped'])} | — |")
         for name, c in comp["vs"].items():
             verdict = "tie" if c["tie"] else ("fqopt ahead" if c["lo"] > 0 else "fqopt behind")
             print(f"| {tag} | {name} | {comp['best_baseline']} | {100 * c['diff']:+.2f} | "
