@@ -45,8 +45,15 @@ def plain_pass(model, ds, idx, batch_size):
     """One forward + backward over ``idx`` (shuffled once, fixed batches), all parameters."""
     for p in model.parameters():
         p.requires_grad_(True)
+    # timm's TinyViT caches its attention biases in eval mode; with every parameter requiring
+    # grad the cached tensor carries the first batch's graph, and the second backward fails
+    # ("backward through the graph a second time"). Training would not cache: drop the cache.
+    caches = [m for m in model.modules() if isinstance(getattr(m, "attention_bias_cache", None),
+                                                        dict)]
     for start in range(0, len(idx), batch_size):
         x, y, _ = ds.get_batch(idx[start:start + batch_size])
+        for m in caches:
+            m.attention_bias_cache = {}
         loss = F.cross_entropy(model(x), y)
         model.zero_grad(set_to_none=True)
         loss.backward()
