@@ -103,7 +103,7 @@ def test_fisher_with_batch_size_one_is_the_per_sample_empirical_fisher(ds, granu
                                                                        first_order):
     m = small_model()
     table = profile(m, ds, "train", method="fisher", granularity=granularity, batch_size=1,
-                    first_order=first_order)
+                    first_order=first_order, quantizer="maxabs")
     grads = _per_sample_grads(m, ds, np.arange(len(ds)))
 
     def stats(g):
@@ -120,7 +120,8 @@ def test_fisher_with_batch_size_one_is_the_per_sample_empirical_fisher(ds, granu
 def test_fisher_batch_estimator_one_batch_per_group(ds):
     """With one batch per group the estimator is n_g·ḡ_g², ḡ_g the group's mean-loss gradient."""
     m = small_model(1)
-    table = profile(m, ds, "train", method="fisher", granularity="channel", batch_size=1000)
+    table = profile(m, ds, "train", method="fisher", granularity="channel", batch_size=1000,
+                    quantizer="maxabs")
 
     def stats(g):
         x, y, _ = ds.get_batch(np.flatnonzero(ds.groups == g))
@@ -137,7 +138,7 @@ def test_hutchinson_converges_to_the_exact_hessian_diagonal():
     torch.manual_seed(2)
     m = nn.Sequential(nn.Flatten(), nn.Linear(27, 3)).eval()
     table = profile(m, data, "train", method="hutchinson", granularity="channel", bits=(2, 4),
-                    batch_size=1000, hutchinson_probes=400, seed=1)
+                    batch_size=1000, hutchinson_probes=400, seed=1, quantizer="maxabs")
     w = m[1].weight
     for g in range(2):
         x, _, _ = data.get_batch(np.flatnonzero(data.groups == g))
@@ -154,7 +155,7 @@ def test_hutchinson_converges_to_the_exact_hessian_diagonal():
 def test_measured_is_the_loss_change_of_each_layer_alone(ds):
     m = small_model(2)
     table = profile(m, ds, "train", method="measured", granularity="layer", bits=(2, 4, 8),
-                    batch_size=7)
+                    batch_size=7, quantizer="maxabs")
 
     def group_losses(model):
         x, y, g = ds.get_batch(np.arange(len(ds)))
@@ -178,7 +179,8 @@ def test_measured_is_the_loss_change_of_each_layer_alone(ds):
 @pytest.mark.parametrize("method", ["gradient", "grape"])
 def test_fairquant_importance_costs_and_scores(ds, method):
     m = small_model(3)
-    table = profile(m, ds, "train", method=method, granularity="channel", batch_size=1000)
+    table = profile(m, ds, "train", method=method, granularity="channel", batch_size=1000,
+                    quantizer="maxabs")
     ws = _weights(m)
     maps = []
     for g in range(ds.num_groups):
