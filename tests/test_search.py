@@ -81,8 +81,9 @@ def test_search_space_grid_and_snap():
     assert isinstance(d["lambda"], FloatDistribution) and d["lambda"].high == 1.0
     assert list(d["method"].choices) == ["fisher", "grape"]
     p = space.snap(8.0, 1.3, "gradient", "nope")
+    # an unknown quantizer snaps to the space's first (the default space has only mse)
     assert p == {"budget": pytest.approx(7.0), "lambda": 1.0, "method": "fisher",
-                 "quantizer": "maxabs"}
+                 "quantizer": "mse"}
     p = space.snap(3.333, 0.26, "grape", "mse")
     assert p["budget"] == pytest.approx(3.35) and p["lambda"] == pytest.approx(0.25)
     for name, v in p.items():  # snapped parameters lie inside the distributions
