@@ -489,7 +489,7 @@ def test_model_that_is_not_from_timm(tmp_path):
     x = _x(8)
     with torch.no_grad():
         assert torch.allclose(loaded(x), _fq_outputs(model, plan, x), rtol=0, atol=1e-5)
-    with pytest.raises(UserError, match="is an existing folder"):
+    with pytest.raises(UserError, match="is a folder"):
         export(model, plan, tmp_path, force=True)
 
 
