@@ -59,7 +59,8 @@ budget (parameter-weighted average bits) on the same test draw:
 models, and within each model the test images of each group) of ``worst_acc`` (fqopt row −
 best baseline), best baseline = the non-fqopt row (FP32 excluded) with the highest mean
 ``worst_acc`` among those whose mean ``avg_bits`` is within the budget; "tie" when the interval
-contains 0. Per-sample correctness is kept (and cached per row under each run folder).
+contains 0. Where the best baseline is a fine-tuned row, the best static (not fine-tuned)
+baseline is compared too. Per-sample correctness is kept (and cached per row under each run folder).
 
 Rows are cached per (run, row, budget, settings); rows of kind ``fqopt`` are recomputed on every
 call unless ``--reuse-fqopt`` (so an edited :func:`fqopt_default` is always measured);
@@ -901,30 +902,43 @@ def summarize(family_name: str, per_model: list, rows: list[Row], test, args) ->
                 vals = [r[k] for r in ok]
                 cell[k] = {"mean": mean_sd(vals)[0], "sd": mean_sd(vals)[1], "values": vals}
             summary["rows"][row.name][tag] = cell
-    for b in args.budgets:
-        tag = f"{b:g}"
+    def best_of(tag, b, static):
         best, best_w = None, -1.0
         for row in rows:
             cell = summary["rows"][row.name].get(tag)
-            if row.kind != "baseline" or cell is None or "skipped" in cell:
+            if (row.kind != "baseline" or cell is None or "skipped" in cell
+                    or (static and row.finetune)):
                 continue
             if cell["avg_bits"]["mean"] > b + 1e-6:
                 continue   # over the budget: shown, not a baseline at this budget
             if cell["worst_acc"]["mean"] > best_w:
                 best, best_w = row.name, cell["worst_acc"]["mean"]
-        comp = {"best_baseline": best, "vs": {}}
+        return best
+
+    def versus(tag, best):
+        out = {}
         for row in rows:
             cell = summary["rows"][row.name].get(tag)
             if row.kind != "fqopt" or best is None or cell is None or "skipped" in cell:
                 continue
             a = [m[row.name][tag]["_correct"] for m in per_model]
             c = [m[best][tag]["_correct"] for m in per_model]
-            comp["vs"][row.name] = paired_bootstrap(
+            out[row.name] = paired_bootstrap(
                 a, c, groups, G, args.resamples,
                 seed=int(hashlib.sha256(f"{family_name}{tag}{row.name}".encode()).hexdigest()[:8],
                          16))
             d = [m[row.name][tag]["avg_acc"] - m[best][tag]["avg_acc"] for m in per_model]
-            comp["vs"][row.name]["avg_acc_diff"] = float(np.mean(d))
+            out[row.name]["avg_acc_diff"] = float(np.mean(d))
+        return out
+
+    for b in args.budgets:
+        tag = f"{b:g}"
+        best = best_of(tag, b, static=False)
+        comp = {"best_baseline": best, "vs": versus(tag, best)}
+        static = best_of(tag, b, static=True)
+        if static != best:   # the best baseline is fine-tuned: also the best static one
+            comp["best_static_baseline"] = static
+            comp["vs_static"] = versus(tag, static)
         summary["comparisons"][tag] = comp
     return summary
 
@@ -967,11 +981,14 @@ def print_table(family_name: str, family: Family, summary: dict, rows: list[Row]
             if row.kind == "fqopt" and "skipped" in cell:
                 print(f"| {tag} | {row.name} | {comp['best_baseline']} | — | — | no plan: "
                       f"{'; '.join(cell['skipped'])} | — |")
-        for name, c in comp["vs"].items():
-            verdict = "tie" if c["tie"] else ("fqopt ahead" if c["lo"] > 0 else "fqopt behind")
-            print(f"| {tag} | {name} | {comp['best_baseline']} | {100 * c['diff']:+.2f} | "
-                  f"[{100 * c['lo']:+.2f}, {100 * c['hi']:+.2f}] | {verdict} | "
-                  f"{100 * c['avg_acc_diff']:+.2f} |")
+        for key, base in (("vs", "best_baseline"), ("vs_static", "best_static_baseline")):
+            for name, c in comp.get(key, {}).items():
+                verdict = ("tie" if c["tie"] else
+                           "fqopt ahead" if c["lo"] > 0 else "fqopt behind")
+                what = comp[base] + (" (best static)" if key == "vs_static" else "")
+                print(f"| {tag} | {name} | {what} | {100 * c['diff']:+.2f} | "
+                      f"[{100 * c['lo']:+.2f}, {100 * c['hi']:+.2f}] | {verdict} | "
+                      f"{100 * c['avg_acc_diff']:+.2f} |")
 
 
 class _Parser(argparse.ArgumentParser):
