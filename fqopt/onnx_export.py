@@ -135,7 +135,7 @@ def export_onnx(model: nn.Module, plan, path, *, method: str | None = None, imag
     """
     from fqopt._io import atomic_path, check_writable
     from fqopt.apply import resolve_plan
-    from fqopt.packed import budget_excess
+    from fqopt.packed import check_budget
     from fqopt.quantizers import METHODS, choose_scale, quantize
     from fqopt.units import quantizable_layers
 
@@ -153,12 +153,7 @@ def export_onnx(model: nn.Module, plan, path, *, method: str | None = None, imag
     if path.is_dir():
         raise UserError(f"ONNX file {path} is a folder; give a file name such as "
                         f"{path / 'model.onnx'}")
-    if not allow_over_budget:
-        over = budget_excess(plan, model, image_size=image_size)
-        if over is not None:
-            kind, actual, limit = over
-            raise UserError(f"plan is over its budget: {kind} is {actual:.6g}, the budget is "
-                            f"{limit:.6g} (--allow-over-budget exports it anyway)")
+    check_budget(plan, model, image_size=image_size, allow_over_budget=allow_over_budget)
     mp = _torch_to_onnx(model, image_size, opset=opset)
     graph = mp.graph
     inits = {t.name: i for i, t in enumerate(graph.initializer)}

@@ -48,7 +48,7 @@ from fqopt.errors import UserError
 
 __all__ = ["FORMAT", "ExportInfo", "ExportFile", "export", "load_quantized", "read_export",
            "verify", "check_same_plan", "pack_codes", "unpack_codes", "budget_excess",
-           "theoretical_bytes"]
+           "check_budget", "theoretical_bytes"]
 
 FORMAT = "fqopt.export/2"
 FLOAT, INT = ":float", ":int"   # module names never hold ':', so no layer can be named so
@@ -260,6 +260,19 @@ def _plan_weight_bits(plan) -> int:
 
 
 # ----------------------------------------------------------------------------- budget
+def check_budget(plan, model: nn.Module, *, image_size: int | None = None,
+                 allow_over_budget: bool = False, source: str = "plan") -> None:
+    """A UserError when ``plan`` breaks the budget it records, unless ``allow_over_budget``
+    (every export format checks this before writing)."""
+    if allow_over_budget:
+        return
+    over = budget_excess(plan, model, image_size=image_size)
+    if over is not None:
+        kind, actual, limit = over
+        raise UserError(f"{source} is over its budget: {kind} is {actual:.6g}, the budget is "
+                        f"{limit:.6g} (--allow-over-budget exports it anyway)")
+
+
 def budget_excess(plan, model: nn.Module, *, image_size: int | None = None):
     """``(kind, actual, limit)`` if ``plan`` breaks the budget it records, else ``None``.
 
@@ -346,12 +359,8 @@ def export(model: nn.Module, plan, path, *, quantizer: str | None = None,
     if quantizer is None:  # the file's "quantizer" metadata records what was applied
         quantizer = plan.quantizer
     name = known or plan.model or type(model).__name__
-    if not allow_over_budget:
-        over = budget_excess(plan, model, image_size=image_size)
-        if over is not None:
-            kind, actual, limit = over
-            raise UserError(f"{source} is over its budget: {kind} is {actual:.6g}, the budget "
-                            f"is {limit:.6g} (--allow-over-budget exports it anyway)")
+    check_budget(plan, model, image_size=image_size, allow_over_budget=allow_over_budget,
+                 source=source)
     lay = _layout(model)
     tensors = _pack(lay, plan, quantizer)
     if num_classes is None:

@@ -16,6 +16,7 @@ with PIL; smooth random colour fields, so decoding and resizing are exercised.
 from __future__ import annotations
 
 import csv
+import re
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -241,3 +242,26 @@ class Tiny(nn.Module):
 
     def forward(self, x):
         return self.head(self.pool(self.dw(torch.relu(self.bn(self.stem(x))))).flatten(1))
+
+
+def expect_user_error(capsys, argv, *needles, absent=()):
+    """Run ``fqopt argv`` in-process; expect exit 2 and one stderr error line holding every
+    needle (and none of ``absent``). A long command (``fqopt search``) may narrate its stages
+    before it stops: stage headers and indented progress lines are allowed above the error,
+    nothing else. Returns the error line."""
+    from fqopt.cli import main
+
+    rc = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    assert rc == 2, (rc, out, err)
+    lines = err.strip().splitlines()
+    # "fqopt: error: ..." (a UserError) or "fqopt CMD: error: ..." (a bad option, from click)
+    assert lines and re.match(r"fqopt( [\w-]+)?: error: ", lines[-1]), err
+    assert all(line.startswith(("──", "  ")) for line in lines[:-1]), err
+    err = lines[-1]
+    assert "Traceback" not in err
+    for n in needles:
+        assert n in err, err
+    for a in absent:
+        assert a not in err, err
+    return err

@@ -10,18 +10,13 @@ from fqopt.cli import main
 from fqopt.errors import UserError
 from fqopt.runs import Run
 from fqopt.training import TrainConfig, train
+from tests.fixtures import expect_user_error
 
 SMALL = ["--samples", "300", "--image-size", "16", "--epochs", "1"]
 
 
 def _one_line_error(capsys, argv, *needles):
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1, err
-    assert "Traceback" not in err
-    for n in needles:
-        assert n in err, err
-    return err
+    return expect_user_error(capsys, argv, *needles)
 
 
 def test_train_writes_run_and_refuses_to_overwrite(tmp_path, capsys):

@@ -13,6 +13,7 @@ from fqopt.cli import main
 from fqopt.errors import UserError
 from fqopt.plan import AllocationPlan
 from fqopt.units import discover_units
+from tests.fixtures import expect_user_error
 
 
 @pytest.fixture(scope="module")
@@ -35,13 +36,7 @@ def _plan(run, quantizer="mse", bits=3):
 
 
 def _one_line(capsys, argv, *needles):
-    assert main([str(a) for a in argv]) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1, err
-    assert "Traceback" not in err
-    for n in needles:
-        assert n in err, err
-    return err
+    return expect_user_error(capsys, argv, *needles)
 
 
 # ------------------------------------------------------------------------------ library

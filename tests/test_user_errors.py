@@ -19,27 +19,13 @@ from fqopt.plan import AllocationPlan
 from fqopt.runs import Run
 from fqopt.sensitivity import SensitivityTable
 from fqopt.units import discover_units
+from tests.fixtures import expect_user_error
 
 TINY = {"n": 150, "image_size": 16}
 
 
 def _err(capsys, argv, *needles, absent=()):
-    """Run ``fqopt argv``; expect exit 2 and one stderr error line holding every needle. A
-    long command (``fqopt search``) may narrate its stages before it stops: stage headers and
-    indented progress lines are allowed above the error, nothing else."""
-    rc = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    assert rc == 2, (rc, out, err)
-    lines = err.strip().splitlines()
-    assert lines and lines[-1].startswith("fqopt: error:"), err
-    assert all(line.startswith(("──", "  ")) for line in lines[:-1]), err
-    err = lines[-1]
-    assert "Traceback" not in err
-    for n in needles:
-        assert n in err, err
-    for a in absent:
-        assert a not in err, err
-    return err
+    return expect_user_error(capsys, argv, *needles, absent=absent)
 
 
 def _snapshot(folder):
