@@ -29,7 +29,7 @@ _LAZY = {
 }
 _SUBMODULES = {"data", "models", "metrics", "quantizers", "units", "plan", "sensitivity",
                "profiling", "apply", "evaluation", "training", "runs", "baq", "packed",
-               "onnx_export", "auto",
+               "onnx_export", "auto", "calibration",
                "solvers", "search"}
 
 __all__ = ["__version__", "UserError", *_LAZY, *sorted(_SUBMODULES)]
