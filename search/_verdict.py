@@ -185,9 +185,8 @@ def _brief(rec: dict | None) -> dict | None:
 def export_command(run_path, rec: dict) -> str:
     plan = Path(run_path) / rec["plan_file"]
     out = Path(run_path) / "export" / (Path(rec["plan_file"]).stem + ".safetensors")
+    # the plan file records its quantizer, which export applies: no --quantizer needed
     cmd = ["fqopt", "export", "--run", str(run_path), "--plan", str(plan), "--out", str(out)]
-    if rec.get("quantizer", "maxabs") != "maxabs":
-        cmd += ["--quantizer", rec["quantizer"]]
     if rec.get("checkpoint"):
         cmd += ["--checkpoint", str(rec["checkpoint"])]
     return " ".join(shlex.quote(c) for c in cmd)
