@@ -420,7 +420,7 @@ def refine_plans(run, records: list[dict], top: int, *, seed: int = 0, callback=
     try:
         from fqopt.baq import refine
     except ImportError as exc:
-        return [], [f"BAQ refinement skipped: fqopt.baq.refine is not available ({exc})"]
+        return [], [f"refinement skipped: fqopt.baq.refine is not available ({exc})"]
     import torch
 
     from fqopt.plan import AllocationPlan

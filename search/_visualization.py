@@ -433,7 +433,7 @@ def plot_pareto_front(info: ParetoFrontInfo):
             ax.scatter([p.avg_bits for p in info.refined],
                        [getattr(p, metric) for p in info.refined], marker="*", s=140,
                        color=REFINED_COLOR, edgecolor="black", linewidth=0.5,
-                       label="BAQ-refined", zorder=5)
+                       label="refined (fine-tuned or BAQ)", zorder=5)
         for i, r in enumerate(info.recommended):
             y = getattr(r.point, metric)
             ax.scatter([r.point.avg_bits], [y], s=190, facecolors="none", edgecolors="#2ca02c",
