@@ -241,13 +241,13 @@ def _verdict_html(results: dict) -> str:
                    f"{html.escape(describe(cmp, 'worst_acc'))}; avg_acc "
                    f"{html.escape(describe(cmp, 'avg_acc'))}.</p>")
     for r in s.get("refined") or []:
-        c = (r.get("comparison") or {}).get("worst_acc") or {}
         out.append(f"<p>{html.escape(str(r.get('label')))} ({r.get('avg_bits', 0):.2f} bits): "
                    f"test worst_acc {interval_text(r.get('test'), 'worst_acc')} against "
                    f"{interval_text(r.get('source_test'), 'worst_acc')} before refinement: "
                    f"{html.escape(describe(r.get('comparison'), 'worst_acc'))}"
-                   + (" — refinement did not help; deploy the static plan." if c.get("verdict")
-                      in ("worse", "tie") else "") + "</p>")
+                   + (" — chosen on the search split: deploy the refined model."
+                      if r.get("use_refined") else
+                      " — chosen on the search split: deploy the static plan.") + "</p>")
     if s.get("export_command"):
         out.append(f"<p>Export: <code>{html.escape(s['export_command'])}</code></p>")
     st = results.get("study") or {}

@@ -221,6 +221,12 @@ def summarize(results: dict, pred: Predictions | None = None, *,
                 "test": _brief(r).get("test"), "source_test": None if src is None else
                 _brief(src).get("test"),
                 "comparison": None if src is None else compare(pred, r, src)}
+        # deploy the refined model only if the *search* split says so: the test split reports,
+        # it never chooses (ties keep the static plan, which needs no refined checkpoint)
+        s_new = ((r.get("search") or {}).get("worst_acc"))
+        s_old = None if src is None else (src.get("search") or {}).get("worst_acc")
+        item["search_worst_acc"] = {"refined": s_new, "static": s_old}
+        item["use_refined"] = bool(s_new is not None and s_old is not None and s_new > s_old)
         refined.append(item)
     out["refined"] = refined
     marks = []

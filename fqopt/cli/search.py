@@ -200,10 +200,11 @@ def print_summary(res: dict, report_path=None) -> None:
     for r in s.get("refined") or []:
         cmp = r.get("comparison")
         src = (r.get("from") or "").rsplit("/", 1)[-1]
-        w = (cmp or {}).get("worst_acc") or {}
-        word = {"better": "use the refined plan with its checkpoint",
-                "worse": f"keep {src}",
-                "tie": f"keep {src} (it needs no refined checkpoint)"}.get(w.get("verdict"), "")
+        sw = r.get("search_worst_acc") or {}
+        chosen = "search worst_acc {:.3f} vs {:.3f}".format(
+            sw.get("refined") or float("nan"), sw.get("static") or float("nan"))
+        word = (f"use the refined plan with its checkpoint ({chosen})" if r.get("use_refined")
+                else f"keep {src}, it needs no refined checkpoint ({chosen})")
         info(f"Refined ({r['label']}, {r['avg_bits']:.2f} bits): test worst_acc "
              f"{interval_text(r.get('test'), 'worst_acc')} against "
              f"{interval_text(r.get('source_test'), 'worst_acc')} before; "
