@@ -478,6 +478,7 @@ def refine_plans(run, records: list[dict], top: int, *, seed: int = 0, callback=
         new_plan.save(plans_dir / fname)
         out.append({"from_index": rec["index"], "trial": rec["trial"],
                     "label": f"{'fine-tuned' if mode == 'finetune' else 'BAQ of'} {name}",
+                    "mode": mode,
                     "plan_file": f"plans/{fname}",
                     "avg_bits": float(new_plan.avg_bits), "quantizer": rec["quantizer"],
                     "size_bytes": new_plan.size_bytes, **reports, "pred": pred_key,

@@ -245,9 +245,9 @@ def _verdict_html(results: dict) -> str:
                    f"test worst_acc {interval_text(r.get('test'), 'worst_acc')} against "
                    f"{interval_text(r.get('source_test'), 'worst_acc')} before refinement: "
                    f"{html.escape(describe(r.get('comparison'), 'worst_acc'))}"
-                   + (" — chosen on the search split: deploy the refined model."
-                      if r.get("use_refined") else
-                      " — chosen on the search split: deploy the static plan.") + "</p>")
+                   + (" — deploy the refined model (fine-tuning is fqopt's default; the test "
+                      "split never chooses)." if r.get("use_refined") else
+                      " — the search split prefers the static plan: deploy it.") + "</p>")
     if s.get("export_command"):
         out.append(f"<p>Export: <code>{html.escape(s['export_command'])}</code></p>")
     st = results.get("study") or {}

@@ -135,13 +135,15 @@ def test_recommend_best_baseline_and_summary():
     assert [m["trial"] for m in s["by_budget"]] == [7, 3, 3, 3, 9]  # 3, 3.5, 4, 4.5, 5.5
     (r,) = s["refined"]
     assert r["from"] == "plans/pareto-01.json" and r["comparison"]["worst_acc"]["diff"] < 0
-    # the search split decides whether to deploy the refined model, never the test split
-    assert r["use_refined"] is False                      # no search figures: keep the plan
-    for search_worst, use in ((0.76, True), (0.75, False), (0.70, False)):
+    # never the test split: a fine-tuned model is deployed (fqopt's default refinement), a BAQ
+    # one only if the search split says it is better
+    assert r["use_refined"] is False                      # BAQ, no search figures: keep the plan
+    for mode, search_worst, use in (("baq", 0.76, True), ("baq", 0.75, False),
+                                    ("finetune", 0.70, True)):
         res = _results()
-        res["refined"][0]["search"] = _rep(0.86, search_worst)   # its source: 0.75 on search
+        res["refined"][0].update(search=_rep(0.86, search_worst), mode=mode)  # source: 0.75
         (r,) = summarize(res, None, budget=4.0)["refined"]
-        assert r["use_refined"] is use, search_worst
+        assert r["use_refined"] is use, (mode, search_worst)
         assert r["search_worst_acc"] == {"refined": search_worst, "static": 0.75}
 
 

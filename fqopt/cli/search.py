@@ -203,8 +203,9 @@ def print_summary(res: dict, report_path=None) -> None:
         sw = r.get("search_worst_acc") or {}
         chosen = "search worst_acc {:.3f} vs {:.3f}".format(
             sw.get("refined") or float("nan"), sw.get("static") or float("nan"))
-        word = (f"use the refined plan with its checkpoint ({chosen})" if r.get("use_refined")
-                else f"keep {src}, it needs no refined checkpoint ({chosen})")
+        word = (f"deploy the refined model: its plan with its checkpoint ({chosen})"
+                if r.get("use_refined") else
+                f"keep {src}, it needs no refined checkpoint ({chosen})")
         info(f"Refined ({r['label']}, {r['avg_bits']:.2f} bits): test worst_acc "
              f"{interval_text(r.get('test'), 'worst_acc')} against "
              f"{interval_text(r.get('source_test'), 'worst_acc')} before; "
