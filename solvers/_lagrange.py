@@ -203,14 +203,15 @@ def recover_primal(sc: _Scaled, w_star: np.ndarray, mu: float):
     centre = sc.center()
     tie = sc.scores(centre)
     tie = tie - np.where(np.isfinite(tie), tie, 0).min(axis=1, keepdims=True)
+    tie_max = max(float(np.abs(np.where(np.isfinite(tie), tie, 0)).max()), 1e-300)
     best = None
     for eps in _MIX:
         w = sc.obj.project((1.0 - eps) * w_star + eps * centre) if eps else w_star
         s0 = sc.scores(w)
         finite = np.isfinite(s0)
         # a tie-break far below every non-zero difference of s0, so it orders exact ties only
-        span = np.abs(np.where(finite, s0, 0)).max() + np.abs(np.where(finite, tie, 0)).max()
-        s = s0 + tie * (1e-12 * span / max(np.abs(np.where(finite, tie, 0)).max(), 1e-300))
+        span = float(np.abs(np.where(finite, s0, 0)).max()) + tie_max
+        s = s0 + tie * (1e-12 * span / tie_max)
         x, mu_used = _budget_mu(sc, s, mu)
         f = float(sc.obj(sc.group_costs(x)))
         if best is None or f < best[2]:

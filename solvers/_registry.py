@@ -204,13 +204,11 @@ class AutoSolver(Solver):
             exact = self._delegate("cpsat", warm_start=False)
             exact_sol = exact._solve(red, deadline, hint=sol)
             if exact_sol.choice is not None:
-                if sol.bound is not None and (exact_sol.bound is None
-                                              or sol.bound > exact_sol.bound):
-                    exact_sol.bound = sol.bound
+                # both bounds are certified: keep the larger, whichever plan is kept
+                bounds = [b for b in (sol.bound, exact_sol.bound) if b is not None]
                 if red.value(exact_sol.choice) <= red.value(sol.choice):
                     sol, picked = exact_sol, "cpsat"
-                else:
-                    sol.bound = exact_sol.bound
+                sol.bound = max(bounds) if bounds else None
         sol.info.update(backend=picked, selected_by="auto")
         return sol
 
