@@ -107,12 +107,11 @@ def fqopt_select(ctx: "ModelContext", budget: float) -> "Candidate":
     search-split worst_acc (ties: static). Measured and rejected as the default: the search
     split's ~230 type-VI images chose the worse of the two too often."""
     from fqopt.evaluation import evaluate
-    from fqopt.search._pipeline import REFINE_MODES
 
     static = fqopt_static(ctx, budget)
-    tuned = _fine_tuned(ctx, static.plan, "default", **REFINE_MODES["finetune"])
-    # as `fqopt search` decides: the fine-tuned model only if the *search* split says it is
-    # better (ties keep the static plan); the test split never chooses
+    tuned = fqopt_default(ctx, budget)
+    # the fine-tuned model only if the *search* split says it is better (ties keep the static
+    # plan); the test split never chooses
     s_static = evaluate(ctx.model, ctx.dataset, "search", plan=static.plan).worst_acc
     s_tuned = evaluate(tuned.model, ctx.dataset, "search", plan=tuned.plan).worst_acc
     pick = tuned if s_tuned > s_static else static
