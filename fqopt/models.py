@@ -76,7 +76,9 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt, truncated, empty or unsafe pickles all end here
-        detail = (str(exc).strip().splitlines() or [""])[0][:200]
+        # the first sentence only: torch's message goes on to advise weights_only=False, which
+        # would run arbitrary code from an untrusted file
+        detail = (str(exc).strip().splitlines() or [""])[0].split(". ")[0][:200]
         empty = " (the file is empty)" if path.stat().st_size == 0 else ""
         raise UserError(f"checkpoint {path} cannot be read safely{empty}: "
                         f"{type(exc).__name__}" + (f": {detail}" if detail else "")) from None
