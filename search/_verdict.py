@@ -230,6 +230,8 @@ def summarize(results: dict, pred: Predictions | None = None, *,
         item["search_worst_acc"] = {"refined": s_new, "static": s_old}
         item["use_refined"] = bool(r.get("mode") == "finetune" or (
             s_new is not None and s_old is not None and s_new > s_old))
+        if item["use_refined"] and r.get("plan_file"):
+            item["export_command"] = export_command(run_path, r)  # with its --checkpoint
         refined.append(item)
     out["refined"] = refined
     marks = []

@@ -145,6 +145,10 @@ def test_recommend_best_baseline_and_summary():
         (r,) = summarize(res, None, budget=4.0)["refined"]
         assert r["use_refined"] is use, (mode, search_worst)
         assert r["search_worst_acc"] == {"refined": search_worst, "static": 0.75}
+        # the model to deploy comes with the command that exports it (its checkpoint included)
+        assert ("export_command" in r) is use
+        if use:
+            assert "plans/refined-01.json" in r["export_command"]
 
 
 def test_summary_pairs_when_predictions_are_kept():

@@ -210,6 +210,8 @@ def print_summary(res: dict, report_path=None) -> None:
              f"{interval_text(r.get('test'), 'worst_acc')} against "
              f"{interval_text(r.get('source_test'), 'worst_acc')} before; "
              f"{describe(cmp, 'worst_acc')} — {word}")
+        if r.get("export_command"):
+            info(f"  export it: {r['export_command']}")
     st = res.get("study") or {}
     info(f"Study {st.get('name')} in {st.get('storage')} "
          f"({(st.get('states') or {}).get('complete', 0)} complete trials); open it with:")
