@@ -43,7 +43,7 @@ budget (parameter-weighted average bits) on the same test draw:
   ``ResourceUtilization(weights_memory=budget · n_weights / 8)``, 512 representative train
   images, its mixed-precision search scoring on its default 32 of them, its IMX500 v1
   platform: weight bits {8,4,2}, BN folding, MSE thresholds, bias correction), weights only and
-  with its default 8-bit activations; test_vit goes through :class:`_VitForMCT`, a traceable
+  with its default 8-bit activations; test_vit goes through :class:`fqopt.mct.TraceableViT`, a traceable
   re-expression of timm's forward with the same modules. Optional dependency
   (``pip install .[bench]``); skipped with a note when missing or when MCT cannot trace the
   model;
@@ -262,6 +262,19 @@ register_row("fqopt_maxabs", "fqopt worst, maxabs (static, pre-session-4 default
              kind="fqopt")(fqopt_maxabs)
 register_row("fqopt_static_bn", "fqopt worst, mse, BN re-estimated", kind="fqopt")(
     fqopt_static_bn)
+def fqopt_ft_maxabs(ctx: "ModelContext", budget: float) -> "Candidate":
+    """The static ``worst`` plan (mse table, mse-chosen bits) fine-tuned and deployed with the
+    max-abs quantizer: straight-through training on a grid that follows the weights, as
+    FQ-QAT trains (the mse scale is re-searched at every step)."""
+    from fqopt.search._pipeline import REFINE_MODES
+
+    plan = copy.deepcopy(fqopt_static(ctx, budget).plan)
+    plan.quantizer = "maxabs"
+    return _fine_tuned(ctx, plan, "ft-maxabs", **REFINE_MODES["finetune"])
+
+
+register_row("fqopt_ft_maxabs", "fqopt worst, fine-tuned with maxabs", kind="fqopt")(
+    fqopt_ft_maxabs)
 register_row("fqopt_ft_bal", "fqopt worst, mse, fine-tuned group-balanced", kind="fqopt",
              finetune=True)(_fine_tune_variant("range", True, "ft-bal"))
 register_row("fqopt_ft_dro", "fqopt worst, mse, fine-tuned balanced + DRO", kind="fqopt",
@@ -271,6 +284,24 @@ register_row("fqopt_ft_dro", "fqopt worst, mse, fine-tuned balanced + DRO", kind
 @register_row("fp32", "FP32", kind="reference", per_budget=False)
 def _fp32(ctx, budget):
     return Candidate(model=ctx.model, avg_bits=32.0)
+
+
+@register_row("ceiling", "FP-level reference: every layer 8 bits, fine-tuned as fqopt's default",
+              kind="reference", per_budget=False)
+def _ceiling(ctx, budget):
+    """What fine-tuning does to a model that quantization barely touches: every Conv2d/Linear
+    weight at 8 bits (within noise of FP32), then the same fine-tuning as
+    :func:`fqopt_default`. A fine-tuned quantized model that reaches this row has nothing left to
+    recover; one above it has learned something the FP model had not."""
+    from fqopt.plan import AllocationPlan
+    from fqopt.search._pipeline import REFINE_MODES
+    from fqopt.units import discover_units
+
+    units = discover_units(ctx.model, "layer", pin="none",
+                           input_size=(3, ctx.family.image_size, ctx.family.image_size))
+    plan = AllocationPlan.uniform(units, 8, model=ctx.family.model, respect_pins=False)
+    plan.quantizer = "mse"
+    return _fine_tuned(ctx, plan, "ceiling", **REFINE_MODES["finetune"])
 
 
 def _uniform(ctx, budget, pinned: bool):
@@ -349,13 +380,14 @@ def _fq_qat(ctx, budget):
     args = ctx.args
     res = refine(ctx.run, plan, budget=plan.avg_bits, epochs=0,
                  finetune_epochs=args.finetune_epochs, steps_per_epoch=args.finetune_steps,
-                 fairness="range", lambda_fair=0.5, pin="none", seed=ctx.seed, device="cpu",
+                 fairness="range", lambda_fair=0.5, pin="none", quantizer="maxabs",
+                 seed=ctx.seed, device="cpu",
                  out_dir=ctx.run.path / "frontier-qat" / f"{budget:g}", force=True,
                  evaluate=False)
     model = models.create(ctx.family.model, ctx.run.num_classes,
                           image_size=ctx.family.image_size)
     models.load_weights(model, res.checkpoint, name=ctx.family.model)
-    return Candidate(plan=res.plan, model=model.eval(),
+    return Candidate(plan=res.plan, model=model.eval(), quantizer=res.plan.quantizer,
                      info={**info, "finetune_epochs": args.finetune_epochs,
                            "steps_per_epoch": args.finetune_steps})
 
@@ -464,97 +496,14 @@ class FairQuantAsShipped:
             raise Skip(f"quantile rule: {res.status} {res.message}")
         plan = res.to_plan(t, model=self.ctx.family.model)
         plan.objective = f"fairquant:{method}+{combine}"
+        # FairQuant's code quantizes with per-channel max-abs scales (docs/reference.md); the
+        # table this plan borrows its units from may record another quantizer
+        plan.quantizer = "maxabs"
         return plan, {"shares": res.info.get("shares"), "calib_batches": self.batches,
                       "calib_seconds": round(self.seconds, 1)}
 
 
 # =========================================================================== MCT
-def _mct_weight_bits(qmodel) -> tuple[int, float]:
-    total = bits = 0
-    for mod in qmodel.modules():
-        wq = getattr(mod, "weights_quantizers", None)
-        if not wq:
-            continue
-        for attr, q in wq.items():
-            n = getattr(mod.layer, attr).numel()
-            total += n
-            bits += n * int(q.num_bits)
-    return total, bits / max(total, 1)
-
-
-def _mct_tpc(activations: bool):
-    from model_compression_toolkit.target_platform_capabilities.tpc_models.imx500_tpc.v1_0 \
-        import tpc as imx
-
-    if activations:
-        return imx.get_tpc()
-    base, mp, default = imx.get_op_quantization_configs()
-
-    def wo(c):
-        return c.clone_and_edit(enable_activation_quantization=False)
-    return imx.generate_tpc(default_config=wo(default), base_config=wo(base),
-                            mixed_precision_cfg_list=[wo(c) for c in mp], name="imx500_w_only")
-
-
-class _quiet_stdout:
-    """Send file descriptors 1 and 2 (C-level writes and progress bars included) to /dev/null
-    inside the block; exceptions still propagate."""
-
-    def __enter__(self):
-        sys.stdout.flush()
-        sys.stderr.flush()
-        self.saved = [os.dup(1), os.dup(2)]
-        null = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(null, 1)
-        os.dup2(null, 2)
-        os.close(null)
-
-    def __exit__(self, *exc):
-        sys.stdout.flush()
-        sys.stderr.flush()
-        for fd, saved in zip((1, 2), self.saved):
-            os.dup2(saved, fd)
-            os.close(saved)
-
-
-class _VitForMCT(torch.nn.Module):
-    """A timm VisionTransformer (class token, learned position embedding, token pooling)
-    re-expressed with plain tensor ops, sharing the original's modules, so that MCT's torch.fx
-    tracer can read it (timm's forward passes an ``attn_mask=None`` through every block and
-    fused attention, which MCT 2.6 cannot trace). Same outputs to float rounding."""
-
-    def __init__(self, vit):
-        super().__init__()
-        self.vit = vit
-        self.tokens = vit.patch_embed.num_patches + vit.num_prefix_tokens
-        self.dim = vit.embed_dim
-        self.heads = vit.blocks[0].attn.num_heads
-        if vit.num_prefix_tokens != 1 or vit.global_pool != "token":
-            raise Skip("MCT wrapper handles ViTs with one class token and token pooling only")
-
-    def _attn(self, a, x):
-        hd = self.dim // self.heads
-        qkv = a.qkv(x).reshape(-1, self.tokens, 3, self.heads, hd).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv[0], qkv[1], qkv[2]
-        q, k = a.q_norm(q), a.k_norm(k)
-        attn = torch.softmax((q * a.scale) @ k.transpose(-2, -1), dim=-1)
-        x = (attn @ v).transpose(1, 2).reshape(-1, self.tokens, self.dim)
-        x = getattr(a, "norm", torch.nn.Identity())(x)
-        return a.proj(x)
-
-    def forward(self, x):
-        v = self.vit
-        x = v.patch_embed(x)
-        cls = v.cls_token.expand(x.shape[0], -1, -1)
-        x = torch.cat([cls, x], dim=1) + v.pos_embed
-        x = v.norm_pre(x)
-        for b in v.blocks:
-            x = x + b.ls1(self._attn(b.attn, b.norm1(x)))
-            x = x + b.ls2(b.mlp(b.norm2(x)))
-        x = v.norm(x)
-        return v.head(v.fc_norm(x[:, 0]))
-
-
 # =========================================================================== per model
 class ModelContext:
     """One trained model and everything rows share: the run, its FP model (eval, CPU), its
@@ -637,54 +586,24 @@ class ModelContext:
         return self._study
 
     def mct(self, budget: float, activations: bool) -> Candidate:
-        try:
-            import model_compression_toolkit as mct
-        except ImportError:
-            raise Skip("model-compression-toolkit is not installed (pip install .[bench])"
-                       ) from None
-        from fqopt import models
+        from fqopt import mct
         from fqopt.data import iter_batches
 
-        kw = {}
-        if "vit" in self.family.model:
-            kw["dynamic_img_size"] = False   # torch.fx cannot trace timm's dynamic size
-        model = models.create(self.family.model, self.run.num_classes,
-                              image_size=self.family.image_size, **kw)
-        model.load_state_dict(self.model.state_dict())
-        model.eval()
-        if "vit" in self.family.model:
-            model = _VitForMCT(model).eval()
-        n_w = sum(m.weight.numel() for m in model.modules()
-                  if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)))
+        if not mct.available():
+            raise Skip("model-compression-toolkit is not installed (pip install .[bench])")
         idx = np.random.default_rng([self.seed, 512]).permutation(
             self.dataset.split("train"))[:self.args.mct_images]
         batches = [x for x, _, _ in iter_batches(self.dataset, idx, 64)]
-
-        def representative():
-            for x in batches:
-                yield [x]
-
-        ru = mct.core.ResourceUtilization(weights_memory=budget * n_w / 8)
-        cc = mct.core.CoreConfig(
-            mixed_precision_config=mct.core.MixedPrecisionQuantizationConfig(
-                **({"num_of_images": self.args.mct_mp_images} if self.args.mct_mp_images
-                   else {})))
-        t0 = time.perf_counter()
         try:
-            import logging
-            logging.getLogger("Model Compression Toolkit").setLevel(logging.ERROR)
-            with _quiet_stdout():   # its MILP solver (CBC) and progress bars print
-                q, _ = mct.ptq.pytorch_post_training_quantization(
-                    model, representative, target_resource_utilization=ru, core_config=cc,
-                    target_platform_capabilities=_mct_tpc(activations))
-        except Exception as exc:  # MCT's tracer fails on some graphs: record, do not abort
-            raise Skip(f"MCT failed: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
-                       ) from None
-        counted, bits = _mct_weight_bits(q)
-        return Candidate(model=q, avg_bits=bits * counted / n_w + 32 * (n_w - counted) / n_w,
-                         info={"mct_seconds": round(time.perf_counter() - t0, 1),
-                               "mct_weights_counted": counted, "n_weights": n_w,
-                               "mct_version": mct.__version__})
+            res = mct.mct_quantize(self.model, batches, avg_bits=budget,
+                                   activations=activations,
+                                   mp_images=self.args.mct_mp_images or None)
+        except mct.MCTFailed as exc:  # MCT's tracer fails on some graphs: record, do not abort
+            raise Skip(str(exc)) from None
+        return Candidate(model=res.model, avg_bits=res.avg_bits,
+                         info={"mct_seconds": round(res.seconds, 1),
+                               "mct_weights_counted": res.weights_counted,
+                               "n_weights": res.n_weights, **res.info})
 
 
 def ensure_model(cache: Path, family: Family, seed: int, epochs: int | None,
@@ -781,6 +700,11 @@ def evaluate(ctx: ModelContext, cand: Candidate, memo: dict) -> tuple[np.ndarray
     from fqopt.search._plans import plan_key
 
     model = cand.model if cand.model is not None else ctx.model
+    if (cand.model is not None and cand.plan is not None
+            and cand.plan.quantizer != cand.quantizer):
+        # a fine-tuned model is only meaningful under the quantizer it was trained with
+        raise RuntimeError(f"row evaluates a model fine-tuned with {cand.plan.quantizer!r} "
+                           f"under {cand.quantizer!r}")
     if cand.plan is None:
         return predict_correct(model, ctx.test), float(cand.avg_bits)
     key = (id(model), plan_key(cand.plan, cand.quantizer))
@@ -952,10 +876,34 @@ def summarize(family_name: str, per_model: list, rows: list[Row], test, args) ->
             out[row.name]["avg_acc_diff"] = float(np.mean(d))
         return out
 
+    def versus_reference(tag, best):
+        """fqopt's rows and the best baseline minus each reference row (FP32, the fine-tuned
+        8-bit ceiling), paired on the same models and images."""
+        out = {}
+        for ref in rows:
+            rcell = summary["rows"][ref.name].get("fp")
+            if ref.kind != "reference" or rcell is None or "skipped" in rcell:
+                continue
+            for row in rows:
+                cell = summary["rows"][row.name].get(tag)
+                if (row.kind != "fqopt" and row.name != best) or cell is None \
+                        or "skipped" in cell:
+                    continue
+                a = [m[row.name][tag]["_correct"] for m in per_model]
+                c = [m[ref.name]["fp"]["_correct"] for m in per_model]
+                r = paired_bootstrap(a, c, groups, G, args.resamples, seed=int(hashlib.sha256(
+                    f"{family_name}{tag}{row.name}-{ref.name}".encode()).hexdigest()[:8], 16))
+                r["avg_acc_diff"] = float(np.mean(
+                    [m[row.name][tag]["avg_acc"] - m[ref.name]["fp"]["avg_acc"]
+                     for m in per_model]))
+                out[f"{row.name}-{ref.name}"] = {"row": row.name, "reference": ref.name, **r}
+        return out
+
     for b in args.budgets:
         tag = f"{b:g}"
         best = best_of(tag, b, static=False)
-        comp = {"best_baseline": best, "vs": versus(tag, best)}
+        comp = {"best_baseline": best, "vs": versus(tag, best),
+                "vs_reference": versus_reference(tag, best)}
         static = best_of(tag, b, static=True)
         if static != best:   # the best baseline is fine-tuned: also the best static one
             comp["best_static_baseline"] = static
@@ -970,9 +918,12 @@ def print_table(family_name: str, family: Family, summary: dict, rows: list[Row]
           f"test draw {args.test_vi} images per skin type (seed {args.test_seed})\n")
     print("| budget | row | avg_bits | test worst_acc | test avg_acc |")
     print("|---:|---|---:|---:|---:|")
-    fp = summary["rows"].get("fp32", {}).get("fp")
-    if fp and "skipped" not in fp:
-        print(f"| — | FP32 | 32 | {fp['worst_acc']['mean']:.4f} ± {fp['worst_acc']['sd']:.4f} "
+    for row in rows:
+        fp = summary["rows"].get(row.name, {}).get("fp")
+        if row.kind != "reference" or not fp or "skipped" in fp:
+            continue
+        print(f"| — | {row.label} | {fp['avg_bits']['mean']:.3g} | "
+              f"{fp['worst_acc']['mean']:.4f} ± {fp['worst_acc']['sd']:.4f} "
               f"| {fp['avg_acc']['mean']:.4f} ± {fp['avg_acc']['sd']:.4f} |")
     for b in args.budgets:
         tag = f"{b:g}"
@@ -1008,6 +959,21 @@ def print_table(family_name: str, family: Family, summary: dict, rows: list[Row]
                            "fqopt ahead" if c["lo"] > 0 else "fqopt behind")
                 what = comp[base] + (" (best static)" if key == "vs_static" else "")
                 print(f"| {tag} | {name} | {what} | {100 * c['diff']:+.2f} | "
+                      f"[{100 * c['lo']:+.2f}, {100 * c['hi']:+.2f}] | {verdict} | "
+                      f"{100 * c['avg_acc_diff']:+.2f} |")
+    refs = [c for b in args.budgets
+            for c in summary["comparisons"][f"{b:g}"].get("vs_reference", {}).values()]
+    if refs:
+        print(f"\n{family_name}: row − reference (FP32; the fine-tuned 8-bit ceiling) on test "
+              "worst_acc, paired bootstrap 95 %\n")
+        print("| budget | row | reference | Δ worst_acc (points) | 95 % interval | verdict | "
+              "Δ avg_acc |")
+        print("|---:|---|---|---:|---:|---|---:|")
+        for b in args.budgets:
+            tag = f"{b:g}"
+            for c in summary["comparisons"][tag].get("vs_reference", {}).values():
+                verdict = ("tie" if c["tie"] else "above" if c["lo"] > 0 else "below")
+                print(f"| {tag} | {c['row']} | {c['reference']} | {100 * c['diff']:+.2f} | "
                       f"[{100 * c['lo']:+.2f}, {100 * c['hi']:+.2f}] | {verdict} | "
                       f"{100 * c['avg_acc_diff']:+.2f} |")
 

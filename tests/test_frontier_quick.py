@@ -110,15 +110,3 @@ def test_quick_run_structure(tmp_path):
                 mine = rows[row][b]["worst_acc"]["mean"]
                 assert c["diff"] == pytest.approx(mine - best)
     assert compared > 0
-
-
-def test_vit_wrapper_for_mct_matches_timm():
-    fb = _load()
-    import torch
-
-    from fqopt import models
-
-    vit = models.create("test_vit", 4, image_size=32, dynamic_img_size=False).eval()
-    x = torch.randn(2, 3, 32, 32)
-    with torch.no_grad():
-        assert torch.allclose(fb._VitForMCT(vit)(x), vit(x), atol=1e-5)
