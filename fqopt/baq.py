@@ -66,7 +66,8 @@ from fqopt.errors import UserError
 from fqopt.quantizers import _EPS, METHODS, channel_maxabs, fake_quantize
 
 __all__ = ["refine", "load_refined", "RefineResult", "BitWidths", "fractional_fake_quantize",
-           "FairnessTerm", "FAIRNESS_TERMS", "register_fairness", "make_fairness",
+           "FairnessTerm", "FAIRNESS_TERMS", "distillation_loss", "register_fairness",
+           "make_fairness",
            "group_losses", "AugmentedLagrangian", "rounding_costs", "plan_fingerprint",
            "measure_step_times", "fixed_bit_weights", "fixed_fake_quantize_ste",
            "step_time_ratio"]
@@ -228,6 +229,19 @@ def fixed_bit_weights(modules: dict[str, nn.Module], layer_bits: dict, method: s
     """``{'<layer>.weight': Q(w)}`` with straight-through gradients (fixed-bit training)."""
     return {f"{name}.weight": fixed_fake_quantize_ste(m.weight, layer_bits[name], method)
             for name, m in modules.items()}
+
+
+def distillation_loss(logits: torch.Tensor, teacher_logits: torch.Tensor,
+                      temperature: float = 1.0) -> torch.Tensor:
+    """Per-sample knowledge-distillation loss ``[n]``: T²·KL(p_teacher,T ‖ p_student,T), with
+    p_·,T = softmax(logits / T) (Hinton et al.; T² keeps the gradient scale of T = 1).
+
+    logits, teacher_logits: ``[n, C]``; the teacher's side carries no gradient.
+    """
+    t = float(temperature)
+    log_p = nn.functional.log_softmax(teacher_logits.detach() / t, dim=1)
+    log_q = nn.functional.log_softmax(logits / t, dim=1)
+    return (log_p.exp() * (log_p - log_q)).sum(dim=1) * (t * t)
 
 
 # =========================================================================== fairness terms
@@ -471,6 +485,7 @@ def refine(run, plan, *, budget: float | None = None, budget_kind: str | None = 
            epochs: int = 3, finetune_epochs: int = 1, lr: float = 1e-4, bit_lr: float = 0.05,
            weight_decay: float = 0.0, batch_size: int = 64, steps_per_epoch: int | None = None,
            balanced: bool = False, augment: bool = True, bits=None, pin="plan",
+           distill: float = 0.0, distill_temperature: float = 1.0,
            quantizer: str | None = None, solver: str = "lagrange", seed: int = 0, device="auto",
            out_dir=None, resume: bool = True, force: bool = False, allow_over_budget: bool = False,
            evaluate: bool = True, callback: Callable | None = None) -> RefineResult:
@@ -491,6 +506,9 @@ def refine(run, plan, *, budget: float | None = None, budget_kind: str | None = 
     bits: candidate bit-widths for rounding (default: the plan's ``bits``; for a uniform plan
         2,3,4,6,8); the learned bits range over ``[min(bits), max(bits)]``.
     balanced: group-balanced sampling; augment: flips and right-angle rotations.
+    distill: weight α ∈ [0, 1] of knowledge distillation from the run's FP model: each sample's
+        loss is (1 − α)·CE + α·T²·KL(p_FP,T ‖ p_T) at temperature ``distill_temperature`` T
+        (the fairness term then ranges over these per-group losses); 0: plain cross-entropy.
     pin: ``"plan"`` (the layers in ``plan.meta['pinned']``, else the default stem and head),
         ``"none"``, or layer names; pinned layers keep the plan's bits and are not learned.
     quantizer: ``maxabs`` | ``mse``; None: the plan's own (``plan.quantizer``); the refined plan
@@ -511,7 +529,8 @@ def refine(run, plan, *, budget: float | None = None, budget_kind: str | None = 
         run, plan, budget=budget, budget_kind=budget_kind, fairness=fairness,
         lambda_fair=lambda_fair, lambda_budget=lambda_budget, lr=lr, bit_lr=bit_lr,
         weight_decay=weight_decay, batch_size=batch_size, steps_per_epoch=steps_per_epoch,
-        balanced=balanced, augment=augment,
+        balanced=balanced, augment=augment, distill=distill,
+        distill_temperature=distill_temperature,
         bits=bits, pin=pin, quantizer=quantizer, solver=solver, seed=seed, device=device,
         allow_over_budget=allow_over_budget)
     out_dir = Path(out_dir) if out_dir is not None else (
@@ -545,7 +564,7 @@ def measure_step_times(run, plan, *, steps: int = 10, **options) -> dict:
 _PREPARE_DEFAULTS = dict(budget=None, budget_kind=None, fairness="range", lambda_fair=0.5,
                          lambda_budget=1.0, lr=1e-4, bit_lr=0.05, weight_decay=0.0,
                          batch_size=64, steps_per_epoch=None, balanced=False, augment=True,
-                         bits=None, pin="plan",
+                         distill=0.0, distill_temperature=1.0, bits=None, pin="plan",
                          quantizer=None, solver="lagrange", seed=0, device="auto",
                          allow_over_budget=False)
 
@@ -564,7 +583,8 @@ def _prepare(run, plan, **options):
                     lambda_budget=o["lambda_budget"], lr=o["lr"], bit_lr=o["bit_lr"],
                     weight_decay=o["weight_decay"], batch_size=o["batch_size"],
                     steps_per_epoch=o["steps_per_epoch"], quantizer=o["quantizer"],
-                    solver=o["solver"])
+                    solver=o["solver"], distill=o["distill"],
+                    distill_temperature=o["distill_temperature"])
     run = run if isinstance(run, Run) else Run.open(run)
     plan_name, source = None, f"for {getattr(plan, 'model', '?')!r}"
     if isinstance(plan, (str, os.PathLike)):
@@ -590,12 +610,23 @@ def _prepare(run, plan, **options):
         "bits": session.bits.tolist(), "pinned": sorted(session.pinned),
         "quantizer": o["quantizer"], "solver": o["solver"], "seed": int(o["seed"]),
     }
+    if o["distill"] > 0:   # only then: checkpoints written without distillation still resume
+        settings.update(distill=float(o["distill"]),
+                        distill_temperature=float(o["distill_temperature"]))
     return session, settings, plan_name
 
 
 def _check_settings(*, fairness, lambda_fair, lambda_budget, lr, bit_lr, weight_decay,
-                    batch_size, steps_per_epoch, quantizer, solver):
+                    batch_size, steps_per_epoch, quantizer, solver, distill=0.0,
+                    distill_temperature=1.0):
     make_fairness(fairness, 2)
+    if isinstance(distill, bool) or not isinstance(distill, (int, float)) \
+            or not 0 <= distill <= 1:
+        raise UserError(f"distill must be a number in [0, 1], got {distill!r}")
+    if isinstance(distill_temperature, bool) or not isinstance(distill_temperature, (int, float)) \
+            or not math.isfinite(distill_temperature) or distill_temperature <= 0:
+        raise UserError(f"distill_temperature must be a positive number, "
+                        f"got {distill_temperature!r}")
     for name, v in (("lambda_fair", lambda_fair), ("lambda_budget", lambda_budget),
                     ("bit_lr", bit_lr), ("weight_decay", weight_decay)):
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
@@ -890,6 +921,10 @@ class _Session:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             logits = torch.func.functional_call(self.model, weights, (x,))
         per = nn.functional.cross_entropy(logits.float(), y, reduction="none")
+        alpha = settings.get("distill", 0.0)
+        if alpha > 0:
+            per = (1 - alpha) * per + alpha * self._distillation(
+                x, logits.float(), settings["distill_temperature"])
         ce = per.mean()
         loss = ce
         r = None
@@ -912,6 +947,17 @@ class _Session:
         seconds = time.perf_counter() - t0
         return (float(loss.detach()), float(ce.detach()),
                 0.0 if r is None else float(r.detach()), seconds)
+
+    def _distillation(self, x, logits, temperature: float) -> torch.Tensor:
+        """``[n]`` T²·KL(p_FP ‖ p_student) at temperature T; the teacher is the run's FP model
+        in eval mode (loaded once, frozen)."""
+        if getattr(self, "_teacher", None) is None:
+            self._teacher = self.run.model().to(self.device).eval()
+            for p in self._teacher.parameters():
+                p.requires_grad_(False)
+        with torch.no_grad():
+            teacher = self._teacher(x).float()
+        return distillation_loss(logits, teacher, temperature)
 
     def _epoch(self, epoch, epochs, settings, opt, fair, callback, *, bw=None, al=None,
                cap_g=None, layer_bits=None) -> dict:
