@@ -141,7 +141,7 @@ def test_cross_entropy_alone_moves_the_bits_and_matches_finite_differences():
 
 def test_refine_step_gives_bits_a_task_gradient(small_run):
     """Through refine's own step, with both weights at zero."""
-    from fqopt.baq import _prepare
+    from fqopt.baq._refine import _prepare
 
     plan = mixed_plan(small_run)
     session, settings, _ = _prepare(small_run, plan, lambda_fair=0.0, lambda_budget=0.0,
