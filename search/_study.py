@@ -35,7 +35,7 @@ from fqopt.search import _storage
 from fqopt.search._plans import PlanMaker
 from fqopt.search._seeds import ATTR_SEED, SeedTrial, default_seeds, direct_seeds
 from fqopt.search._space import DirectSpace, SearchSpace
-from fqopt.search._trial import ATTR_CONSTRAINT, TrialObjective, SplitEvaluator, WeightBank
+from fqopt.search._trial import ATTR_CONSTRAINT, SplitEvaluator, TrialObjective, WeightBank
 
 DEFAULT_TRIALS = 100
 DEFAULT_POPULATION = 20

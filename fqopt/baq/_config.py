@@ -8,22 +8,20 @@ resumed.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 
 import numpy as np
 
+from fqopt._config import Config
 from fqopt.baq._fairness import make_fairness
 from fqopt.errors import UserError
 from fqopt.quantizers import QUANTIZERS
 from fqopt.solvers import get_solver
 
-CONFIG_SCHEMA = "fqopt.refine_config/1"
-
 
 @dataclass(frozen=True)
-class RefineConfig:
+class RefineConfig(Config):
     """What :func:`~fqopt.baq.refine` does; every field is also a keyword of ``refine``.
 
     budget / budget_kind: the budget to end within (``avg_bits``, ``size_bytes`` or ``bops``);
@@ -64,6 +62,9 @@ class RefineConfig:
     device: str = "auto"
     allow_over_budget: bool = False
 
+    SCHEMA = "fqopt.refine_config/1"
+    OPTION = "refine"
+
     def __post_init__(self):
         for name in ("epochs", "finetune_epochs"):
             v = getattr(self, name)
@@ -97,36 +98,6 @@ class RefineConfig:
         if not isinstance(self.device, str):
             object.__setattr__(self, "device", "auto" if self.device is None else str(self.device))
 
-    # ------------------------------------------------------------------ building
-    @classmethod
-    def build(cls, config: RefineConfig | None = None, **overrides) -> RefineConfig:
-        """``config`` (default: the defaults) with ``overrides`` of its fields; an unknown name
-        is a UserError."""
-        if config is not None and not isinstance(config, cls):
-            raise UserError(f"config must be a RefineConfig, got {type(config).__name__}")
-        unknown = sorted(set(overrides) - _FIELDS)
-        if unknown:
-            raise UserError(f"unknown refine option(s) {unknown}")
-        if config is None:
-            return cls(**overrides)
-        return dataclasses.replace(config, **overrides) if overrides else config
-
-    # ------------------------------------------------------------------ JSON
-    def to_dict(self) -> dict:
-        """JSON-able fields with ``schema``; :meth:`from_dict` reads it back."""
-        return {"schema": CONFIG_SCHEMA,
-                **{f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> RefineConfig:
-        if not isinstance(d, dict):
-            raise UserError(f"a refine config is a JSON object, got {type(d).__name__}")
-        d = dict(d)
-        schema = d.pop("schema", CONFIG_SCHEMA)
-        if schema != CONFIG_SCHEMA:
-            raise UserError(f"refine config schema {schema!r} is not {CONFIG_SCHEMA!r}")
-        return cls.build(None, **d)
-
     # ------------------------------------------------------------------ resume
     def fingerprint(self, *, plan: str, budget: dict, bits: list[int], pinned: list[str]
                     ) -> dict:
@@ -146,15 +117,3 @@ class RefineConfig:
             "bits": list(bits), "pinned": list(pinned), "quantizer": self.quantizer,
             "solver": self.solver, "seed": int(self.seed),
         }
-
-
-_FIELDS = frozenset(f.name for f in dataclasses.fields(RefineConfig))
-
-
-def _plain(v):
-    """JSON-able form of a field value (numpy scalars to Python, tuples to lists)."""
-    if isinstance(v, np.generic):
-        return v.item()
-    if isinstance(v, tuple):
-        return [_plain(x) for x in v]
-    return v
