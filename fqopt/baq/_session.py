@@ -111,6 +111,8 @@ class RefineSession:
         return {"kind": self.budget_kind, "value": self.budget}
 
     def _problem(self, costs, budget):
+        """The rounding's AllocationProblem, built here from the unit set and the pins (issue 13:
+        to come from the shared unit/budget model once it exists)."""
         slices = self.units.unit_slices()
         pins = {}
         for layer in getattr(self, "pinned", ()):
@@ -214,7 +216,6 @@ class RefineSession:
         history = history + ft_history
 
         # ---------------- outputs
-
         checkpoint = out_dir / "model.pt"
         with atomic_path(checkpoint) as tmp:
             torch.save(cpu_state(self.model), tmp)
