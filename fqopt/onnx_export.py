@@ -136,7 +136,7 @@ def export_onnx(model: nn.Module, plan, path, *, method: str | None = None, imag
     from fqopt._io import atomic_path, check_writable
     from fqopt.apply import resolve_plan
     from fqopt.packed import check_budget
-    from fqopt.quantizers import METHODS, choose_scale, quantize
+    from fqopt.quantizers import QUANTIZERS, choose_scale, quantize
     from fqopt.units import quantizable_layers
 
     _need_onnx()
@@ -145,8 +145,7 @@ def export_onnx(model: nn.Module, plan, path, *, method: str | None = None, imag
 
     plan = resolve_plan(model, plan)
     method = method or getattr(plan, "quantizer", None) or "maxabs"
-    if method not in METHODS:
-        raise UserError(f"unknown quantizer {method!r}; expected one of {', '.join(METHODS)}")
+    QUANTIZERS.get(method)
     if opset < OPSET:
         raise UserError(f"ONNX opset {opset} has no INT4 DequantizeLinear; use {OPSET} or later")
     path = check_writable(path, force, what="ONNX file")

@@ -61,10 +61,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fqopt._registry import Registry
 from fqopt._version import __version__
 from fqopt.errors import UserError
-from fqopt.quantizers import METHODS as QUANTIZERS
-from fqopt.quantizers import fake_quantize
+from fqopt.quantizers import QUANTIZERS, fake_quantize
 from fqopt.sensitivity import MAX_BITS, MIN_BITS, SensitivityTable
 from fqopt.units import GRANULARITIES, UnitSet, discover_units, quantizable_layers
 
@@ -228,20 +228,16 @@ class SensitivityMethod(ABC):
         ...
 
 
-METHODS: dict[str, type[SensitivityMethod]] = {}
+METHODS: Registry[type[SensitivityMethod]] = Registry("sensitivity method", name_attr="name")
 
 
 def register_method(name: str):
     """Class decorator: register a :class:`SensitivityMethod` under ``name``."""
-    def deco(cls):
-        cls.name = name
-        METHODS[name] = cls
-        return cls
-    return deco
+    return METHODS.register(name)
 
 
 def available_methods() -> list[str]:
-    return list(METHODS)
+    return METHODS.names()
 
 
 # ------------------------------------------------------------------ gradient passes
@@ -553,16 +549,11 @@ def profile(model: nn.Module, dataset, indices="train", *, method: str = "fisher
     order of ``discover_units(model, granularity)`` and ``dataset.group_names``.
     """
     started = time.perf_counter()
-    if method not in METHODS:
-        raise UserError(f"unknown sensitivity method {method!r}; expected one of "
-                        f"{', '.join(METHODS)}")
+    impl = METHODS.get(method)()
     if granularity not in GRANULARITIES:
         raise UserError(f"unknown granularity {granularity!r}; expected one of "
                         f"{', '.join(GRANULARITIES)}")
-    if quantizer not in QUANTIZERS:
-        raise UserError(f"unknown quantizer {quantizer!r}; expected one of "
-                        f"{', '.join(QUANTIZERS)}")
-    impl = METHODS[method]()
+    QUANTIZERS.get(quantizer)
     if impl.layer_only and granularity != "layer":
         raise UserError(f"sensitivity method {method!r} measures whole layers only; use "
                         f"--granularity layer (or another method for {granularity!r})")

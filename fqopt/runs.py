@@ -51,9 +51,7 @@ class Run:
                             "or choose another --out")
         if path.exists() and not path.is_dir():
             raise UserError(f"run folder {path} exists and is not a folder")
-        if dataset not in data.available():
-            raise UserError(f"unknown dataset {dataset!r}; available: "
-                            f"{', '.join(data.available())}")
+        data.DATASETS.get(dataset)
         model = model or models.DEFAULT_MODEL
         models.check_name(model)
         options = cls.dataset_options(dataset, dataset_options, image_size=image_size,
@@ -378,9 +376,7 @@ def import_checkpoint(path, *, model: str, checkpoint, dataset: str = "synthderm
         options["image_size"] = int(image_size)
     if dataset == "synthderm":
         options.setdefault("seed", int(seed))
-    if dataset not in data.available():
-        raise UserError(f"unknown dataset {dataset!r}; available: "
-                        f"{', '.join(data.available())}")
+    data.DATASETS.get(dataset)
     ds = data.load(dataset, **options)
     if classes != ds.num_classes:
         raise UserError(f"{where} has a {classes}-class head but dataset {dataset!r} has "

@@ -7,7 +7,8 @@ Pareto plans on the test split, refine, report. ``write_report`` is ``fqopt repo
 ``*_info`` functions compute the figures' data and the ``plot_*`` functions draw them.
 """
 
-from fqopt.search._pipeline import PipelineResult, TrainOptions, run_pipeline
+from fqopt.search._config import REFINE_MODES, PipelineConfig, TrainOptions
+from fqopt.search._pipeline import PipelineResult, run_pipeline
 from fqopt.search._plans import BUILDERS, PlanMaker, build_plan, register_builder
 from fqopt.search._report import load_results, write_report
 from fqopt.search._seeds import SeedTrial, default_seeds
@@ -15,7 +16,7 @@ from fqopt.search._space import DirectSpace, SearchSpace
 from fqopt.search._storage import DIRECTIONS, METRIC_NAMES, default_storage_url
 from fqopt.search._study import (SAMPLERS, load_study, make_sampler, pareto_trials,
                                  register_sampler, run)
-from fqopt.search._trial import Objective, SplitEvaluator, WeightBank
+from fqopt.search._trial import SplitEvaluator, TrialObjective, WeightBank
 from fqopt.search._visualization import (chosen_plans, group_accuracy_info, history_info,
                                          importance_info, layer_bits_info, pareto_front_info,
                                          plot_channel_heatmap, plot_group_accuracy,
@@ -24,9 +25,10 @@ from fqopt.search._visualization import (chosen_plans, group_accuracy_info, hist
 
 __all__ = [
     "run", "run_pipeline", "load_study", "pareto_trials", "write_report", "load_results",
-    "PipelineResult", "TrainOptions", "SearchSpace", "DirectSpace", "SeedTrial",
+    "PipelineConfig", "PipelineResult", "TrainOptions", "REFINE_MODES", "SearchSpace",
+    "DirectSpace", "SeedTrial",
     "default_seeds", "PlanMaker", "build_plan", "register_builder", "BUILDERS", "make_sampler",
-    "register_sampler", "SAMPLERS", "SplitEvaluator", "WeightBank", "Objective",
+    "register_sampler", "SAMPLERS", "SplitEvaluator", "WeightBank", "TrialObjective",
     "METRIC_NAMES", "DIRECTIONS", "default_storage_url",
     "pareto_front_info", "chosen_plans", "group_accuracy_info", "layer_bits_info",
     "history_info", "importance_info", "plot_pareto_front", "plot_group_accuracy",

@@ -26,14 +26,14 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from fqopt.errors import UserError
+from fqopt.search._config import DEFAULT_CALIB, REFINE_MODES, PipelineConfig, TrainOptions
 
 RESULTS_SCHEMA = "fqopt.search-results/1"
 RESULTS_FILE = "search_test.json"
-DEFAULT_CALIB = 1024
 DEFAULT_BITS = (2, 3, 4, 6, 8)
 #: the acceptance figure of the README: plans at or below this many average bits ...
 CHECK_BITS = 4.5
@@ -41,19 +41,6 @@ CHECK_BITS = 4.5
 CHECK_UNIFORM = 4
 #: FairQuant-style uniform baselines (every layer, pins ignored) evaluated beside the study
 UNIFORM_ALL_LAYERS = (2, 3, 4, 8)
-
-
-@dataclass
-class TrainOptions:
-    """How to train a run that has no model (``fqopt train``'s defaults)."""
-
-    dataset: str | None = None   # None: the run's own, or synthderm for a new run
-    model: str | None = None
-    samples: int | None = None
-    image_size: int | None = None
-    epochs: int | None = None
-    seed: int = 0
-    data_options: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -388,18 +375,6 @@ def acceptance_check(results: dict, bits: float = CHECK_BITS, uniform: int = CHE
 
 
 # --------------------------------------------------------------------------- 5. refine
-#: ``mode -> fqopt.baq.refine`` settings of the refinement stage. ``finetune`` (the default):
-#: the plan's bits kept, its weights fine-tuned for 2 × 50 steps with CE + 0.5·(max − min group
-#: loss) (FairQuant's FQ-QAT recipe, on fqopt's plan); on benchmarks/frontier.py it added 0.9-2.4
-#: points of type-VI test accuracy to the static mse plan at 2.25-3 bits, where BAQ (bits
-#: learned too, ``baq``) had gained nothing over fixed-bit fine-tuning (benchmarks/refine.py).
-REFINE_MODES = {
-    "finetune": {"epochs": 0, "finetune_epochs": 2, "steps_per_epoch": 50, "fairness": "range",
-                 "lambda_fair": 0.5},
-    "baq": {},
-}
-
-
 def refine_plans(run, records: list[dict], top: int, *, seed: int = 0, callback=None,
                  plans_dir=None, predictions=None, budget: float = CHECK_BITS,
                  mode: str = "finetune") -> tuple[list[dict], list[str]]:
@@ -529,22 +504,15 @@ class _Headers:
                 finished=self.stages[name])
 
 
-def run_pipeline(run_dir="runs/default", *, n_trials: int | None = None,
-                 storage: str | None = None, study_name: str | None = None,
-                 sampler: str = "nsga2", seed: int = 0, granularity: str = "channel",
-                 methods=("fisher", "gradient", "grape"), budget_range=(2.5, 7.0),
-                 quantizers=("mse",), direct: bool = False, refine_top: int = 1,
-                 refine_mode: str = "finetune",
-                 report: bool = True, timeout: float | None = None, force: bool = False,
-                 train: TrainOptions | None = None, calib: int = DEFAULT_CALIB,
-                 budget: float | None = None, artifacts=True,
-                 callback=None) -> PipelineResult:
+def run_pipeline(run_dir="runs/default", config: PipelineConfig | None = None, *,
+                 callback=None, **overrides) -> PipelineResult:
     """Train (if needed), profile, search, re-evaluate on test, refine and report.
 
-    ``n_trials`` defaults to :data:`fqopt.search._study.DEFAULT_TRIALS`; ``timeout`` (seconds)
-    bounds the search stage. ``force`` deletes the study (not the trained model or the tables)
-    and starts the search over. ``budget`` (average bits, default
-    :data:`fqopt.search._verdict.DEFAULT_BUDGET`) is where the summary recommends a plan
+    ``config``: a :class:`~fqopt.search._config.PipelineConfig` (default: its defaults);
+    ``overrides``: any of its fields as keywords (``n_trials``, ``storage``, ``methods``,
+    ``budget_range``, ``refine_mode``, ...), applied on top. ``timeout`` (seconds) bounds the
+    search stage. ``force`` deletes the study (not the trained model or the tables) and starts
+    the search over. ``budget`` (average bits) is where the summary recommends a plan
     (``results['summary']``, see :func:`fqopt.search._verdict.summarize`). ``artifacts``: see
     :func:`fqopt.search.run`; the results, the recommended plan and the report are also stored
     as artifacts of the study. Stage headers and progress go through ``callback``.
@@ -553,15 +521,18 @@ def run_pipeline(run_dir="runs/default", *, n_trials: int | None = None,
     from fqopt._io import write_json
     from fqopt.search._space import SearchSpace
     from fqopt.search._storage import default_storage_url, masked_url
-    from fqopt.search._study import ARTIFACT_DIR, DEFAULT_TRIALS, artifact_store, count_states
+    from fqopt.search._study import ARTIFACT_DIR, artifact_store, count_states
     from fqopt.search._study import run as run_search
-    from fqopt.search._verdict import (DEFAULT_BUDGET, PREDICTIONS_FILE, dashboard_command,
-                                       summarize)
+    from fqopt.search._verdict import PREDICTIONS_FILE, dashboard_command, summarize
 
-    n_trials = DEFAULT_TRIALS if n_trials is None else int(n_trials)
-    budget = DEFAULT_BUDGET if budget is None else float(budget)
-    if direct and granularity != "layer":
-        granularity = "layer"  # direct mode chooses per-layer bits
+    c = PipelineConfig.build(config, **overrides)
+    # the stages below read the settings as local names
+    n_trials, storage, study_name, sampler, seed = (c.n_trials, c.storage, c.study_name,
+                                                    c.sampler, c.seed)
+    granularity, methods, budget_range, quantizers = (c.granularity, c.methods, c.budget_range,
+                                                      c.quantizers)
+    direct, refine_top, refine_mode, budget = c.direct, c.refine_top, c.refine_mode, c.budget
+    timeout, force, artifacts = c.timeout, c.force, c.artifacts
     stages: dict[str, float] = {}
     notes: list[str] = []
     header = _Headers(callback, stages)
@@ -570,14 +541,14 @@ def run_pipeline(run_dir="runs/default", *, n_trials: int | None = None,
              direct=direct, force=force)
 
     with header("train", f"FP baseline in {run_dir}"):
-        run, trained = ensure_trained(run_dir, train or TrainOptions(seed=seed),
+        run, trained = ensure_trained(run_dir, c.train or TrainOptions(seed=seed),
                                       callback=callback)
     if trained:
         notes.append(f"trained {run.model_name} in {stages['train']:.0f} s")
 
     with header("profile", f"{', '.join(methods)} sensitivity, {granularity} granularity"):
         model = run.model()
-        tables, more = ensure_tables(run, list(methods), granularity, calib=calib, model=model,
+        tables, more = ensure_tables(run, list(methods), granularity, calib=c.calib, model=model,
                                      quantizer=table_quantizer(quantizers), callback=callback)
     notes += more
 
@@ -640,7 +611,7 @@ def run_pipeline(run_dir="runs/default", *, n_trials: int | None = None,
     predictions.save(run.reports_dir / PREDICTIONS_FILE)
 
     report_path = None
-    if report:
+    if c.report:
         from fqopt.search._report import write_report
 
         with header("report", f"HTML and figures in {run.reports_dir}"):

@@ -24,20 +24,19 @@ from collections.abc import Callable
 
 import numpy as np
 
+from fqopt._registry import Registry
 from fqopt.errors import UserError
 
 FAIRQUANT_BITS = (2, 4, 8)
 FAIRQUANT_SHARES = (0.2, 0.4, 0.4)
 
 Builder = Callable[["PlanMaker", dict, dict], object]
-BUILDERS: dict[str, Builder] = {}
+BUILDERS: Registry[Builder] = Registry("plan builder")
 
 
 def register_builder(name: str):
-    def deco(fn: Builder) -> Builder:
-        BUILDERS[name] = fn
-        return fn
-    return deco
+    """Function decorator: make ``fn(maker, params, options) -> plan`` the builder ``name``."""
+    return BUILDERS.register(name)
 
 
 def plan_key(plan, quantizer: str) -> str:
@@ -235,7 +234,4 @@ def _build_direct(maker: PlanMaker, params: dict, options: dict):
 
 
 def build_plan(maker: PlanMaker, builder: str, params: dict, options: dict | None = None):
-    if builder not in BUILDERS:
-        raise UserError(f"unknown plan builder {builder!r}; expected one of "
-                        f"{', '.join(BUILDERS)}")
-    return BUILDERS[builder](maker, params, dict(options or {}))
+    return BUILDERS.get(builder)(maker, params, dict(options or {}))

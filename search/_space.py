@@ -60,7 +60,7 @@ class SearchSpace:
             raise UserError("the search needs at least one sensitivity method")
         if len(set(self.methods)) != len(self.methods):
             raise UserError(f"sensitivity methods listed twice: {list(self.methods)}")
-        from fqopt.quantizers import METHODS as QUANTIZERS
+        from fqopt.quantizers import QUANTIZERS
 
         bad = [q for q in self.quantizers if q not in QUANTIZERS]
         if bad or not self.quantizers:

@@ -29,12 +29,13 @@ import time
 import warnings
 from collections.abc import Callable
 
+from fqopt._registry import Registry
 from fqopt.errors import UserError
 from fqopt.search import _storage
 from fqopt.search._plans import PlanMaker
 from fqopt.search._seeds import ATTR_SEED, SeedTrial, default_seeds, direct_seeds
 from fqopt.search._space import DirectSpace, SearchSpace
-from fqopt.search._trial import ATTR_CONSTRAINT, Objective, SplitEvaluator, WeightBank
+from fqopt.search._trial import ATTR_CONSTRAINT, SplitEvaluator, TrialObjective, WeightBank
 
 DEFAULT_TRIALS = 100
 DEFAULT_POPULATION = 20
@@ -42,14 +43,13 @@ DEFAULT_POPULATION = 20
 POLL_SECONDS = 2.0
 
 SamplerFactory = Callable[..., object]
-SAMPLERS: dict[str, SamplerFactory] = {}
+SAMPLERS: Registry[SamplerFactory] = Registry("sampler")
 
 
 def register_sampler(name: str):
-    def deco(fn: SamplerFactory) -> SamplerFactory:
-        SAMPLERS[name] = fn
-        return fn
-    return deco
+    """Function decorator: ``fn(*, seed, constrained, population_size)`` makes sampler
+    ``name``."""
+    return SAMPLERS.register(name)
 
 
 def _constraints(frozen_trial) -> list[float]:
@@ -80,13 +80,12 @@ def make_sampler(name: str, *, seed: int | None, constrained: bool = False,
     (Optuna ≥ 5 reads the constraints each trial sets; older versions need the function)."""
     import optuna
 
-    if name not in SAMPLERS:
-        raise UserError(f"unknown sampler {name!r}; expected one of {', '.join(SAMPLERS)}")
+    factory = SAMPLERS.get(name)
     if hasattr(optuna.trial.Trial, "set_constraint"):
         constrained = False
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return SAMPLERS[name](seed=seed, constrained=constrained,
+        return factory(seed=seed, constrained=constrained,
                               population_size=population_size)
 
 
@@ -275,10 +274,11 @@ def run(run, tables, *, n_trials: int = DEFAULT_TRIALS, storage: str | None = No
         for q in quantizers if bank is not None else ():
             bank.bank(q)  # once, before the trials (not billed to the first trial's apply)
         evaluator = SplitEvaluator(model, run.dataset(), "search", bank=bank)
-    objective = Objective(maker=maker, evaluator=evaluator, space=space, n_trials=int(n_trials),
-                          artifact_store=artifact_store(run, artifacts),
-                          default_builder="direct" if direct else "solver",
-                          budget_range=space.budget_range if direct else None)
+    objective = TrialObjective(maker=maker, evaluator=evaluator, space=space,
+                               n_trials=int(n_trials),
+                               artifact_store=artifact_store(run, artifacts),
+                               default_builder="direct" if direct else "solver",
+                               budget_range=space.budget_range if direct else None)
 
     started = time.monotonic()
     _fail_stale(study)

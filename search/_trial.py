@@ -2,10 +2,10 @@
 
 :class:`SplitEvaluator` keeps one split's images as tensors (decoded once per process) and
 evaluates the model under a plan with ``fqopt.apply.quantized`` (weights swapped in place and
-restored bit for bit). :class:`Objective` is what ``study.optimize`` calls: it claims a slot of
-the study's trial budget (so several workers together run exactly N trials), asks the trial for
-its parameters, builds and evaluates the plan, and stores the plan and its FairnessReport as user
-attributes. Identical plans (from different parameters) are evaluated once per process.
+restored bit for bit). :class:`TrialObjective` is what ``study.optimize`` calls: it claims a
+slot of the study's trial budget (so several workers together run exactly N trials), asks the
+trial for its parameters, builds and evaluates the plan, and stores the plan and its
+FairnessReport as user attributes. Identical plans (from different parameters) are evaluated once per process.
 """
 
 from __future__ import annotations
@@ -197,7 +197,7 @@ def compact_report(report) -> dict:
 
 
 @dataclass
-class Objective:
+class TrialObjective:
     """``study.optimize``'s objective: ``trial -> (avg_acc, worst_acc, avg_bits)``.
 
     ``n_trials`` is the study's total target: a trial that finds the target already taken by

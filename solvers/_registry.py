@@ -4,44 +4,43 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import importlib
 import time
 from collections.abc import Callable, Iterable
 from typing import ClassVar
 
 import numpy as np
 
+from fqopt._registry import Registry
 from fqopt.errors import UserError
 from fqopt.solvers._problem import GAP_FLOOR, OPTIMAL_GAP, AllocationProblem, ReducedProblem
 from fqopt.solvers._result import STATUSES, AllocationResult, Solution
 
-_SOLVERS: dict[str, type["Solver"]] = {}
+_BUILTIN = ("lagrange", "cpsat", "milp", "quantile", "exhaustive")
+
+
+def _load_builtin() -> None:
+    # the built-in back-ends register themselves on import; none imports its solver library
+    # until it runs
+    for name in _BUILTIN:
+        importlib.import_module(f"fqopt.solvers._{name}")
+
+
+SOLVERS: Registry[type["Solver"]] = Registry("solver", name_attr="name", load=_load_builtin)
 
 
 def register_solver(name: str):
     """Class decorator: make a :class:`Solver` subclass available as ``backend=name``."""
-
-    def deco(cls):
-        cls.name = name
-        _SOLVERS[name] = cls
-        return cls
-
-    return deco
+    return SOLVERS.register(name)
 
 
 def available_solvers() -> list[str]:
-    _load_builtin()
-    return list(_SOLVERS)
-
-
-_BUILTIN = ("lagrange", "cpsat", "milp", "quantile", "exhaustive")
+    return SOLVERS.names()
 
 
 def get_solver(name: str = "auto", **options) -> "Solver":
     """A configured back-end; options are the fields of its dataclass (e.g. ``num_workers``)."""
-    _load_builtin()
-    if name not in _SOLVERS:
-        raise UserError(f"unknown solver {name!r}; expected one of {', '.join(_SOLVERS)}")
-    cls = _SOLVERS[name]
+    cls = SOLVERS.get(name)
     names = {f.name for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(options) - names)
     if unknown:
@@ -154,15 +153,6 @@ def solve_ladder(problem: AllocationProblem, budgets: Iterable[float], backend: 
         if callback is not None:
             callback(i + 1, len(budgets), res)
     return out
-
-
-def _load_builtin() -> None:
-    # the built-in back-ends register themselves on import; none imports its solver library
-    # until it runs
-    import importlib
-
-    for name in _BUILTIN:
-        importlib.import_module(f"fqopt.solvers._{name}")
 
 
 @register_solver("auto")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from fqopt.baq import (AugmentedLagrangian, BitWidths, fixed_bit_weights,
+from fqopt.baq import (AugmentedLagrangian, BitWidths, RefineConfig, fixed_bit_weights,
                        fractional_fake_quantize, group_losses, load_refined, make_fairness,
                        measure_step_times, plan_fingerprint, refine, rounding_costs)
 from fqopt.errors import UserError
@@ -141,7 +141,7 @@ def test_cross_entropy_alone_moves_the_bits_and_matches_finite_differences():
 
 def test_refine_step_gives_bits_a_task_gradient(small_run):
     """Through refine's own step, with both weights at zero."""
-    from fqopt.baq import _prepare
+    from fqopt.baq._refine import _prepare
 
     plan = mixed_plan(small_run)
     session, settings, _ = _prepare(small_run, plan, lambda_fair=0.0, lambda_budget=0.0,
@@ -334,6 +334,79 @@ def test_checkpoint_of_another_plan_or_settings_is_refused(small_run, tmp_path):
     state.unlink()
     with pytest.raises(UserError, match="already holds a refinement"):
         refine(small_run, plan_b, out_dir=out, **FAST)
+
+
+# ------------------------------------------------------------------------ RefineConfig
+@pytest.mark.parametrize("field, value, message", [
+    ("epochs", -1, "epochs must be an integer ≥ 0, got -1"),
+    ("finetune_epochs", 1.5, "finetune_epochs must be an integer"),
+    ("epochs", True, "epochs must be an integer"),
+    ("fairness", "gini", "unknown fairness term 'gini'"),
+    ("fairness", "cvar:2", "α must lie in"),
+    ("lambda_fair", -0.1, "lambda_fair must be a number ≥ 0"),
+    ("lambda_budget", float("nan"), "lambda_budget must be a number ≥ 0"),
+    ("bit_lr", "0.1", "bit_lr must be a number ≥ 0"),
+    ("weight_decay", -1, "weight_decay must be a number ≥ 0"),
+    ("lr", 0, "lr must be a positive number"),
+    ("batch_size", 0, "batch_size must be a positive integer"),
+    ("steps_per_epoch", 0, "steps_per_epoch must be a positive integer or None"),
+    ("quantizer", "lsq", "unknown quantizer 'lsq'; expected one of maxabs, mse"),
+    ("solver", "gurobi", "unknown solver 'gurobi'"),
+])
+def test_refine_config_validates_each_field(field, value, message):
+    with pytest.raises(UserError, match=message):
+        RefineConfig(**{field: value})
+    with pytest.raises(UserError, match=message):       # the keyword form checks the same
+        RefineConfig.build(RefineConfig(), **{field: value})
+    with pytest.raises(UserError, match=r"unknown refine option\(s\) \['nonsense'\]"):
+        RefineConfig.build(None, nonsense=1)
+
+
+def test_refine_config_dict_round_trip():
+    import json
+
+    config = RefineConfig(budget=np.float64(3.5), budget_kind="avg_bits", fairness="cvar:0.3",
+                          epochs=np.int64(2), bits=[2, 4, 8], pin=["conv1", "fc"],
+                          quantizer="maxabs", solver="cpsat", seed=7, device="cpu",
+                          steps_per_epoch=5, balanced=True)
+    d = json.loads(json.dumps(config.to_dict()))      # plain JSON, no numpy scalars
+    assert d["schema"] == "fqopt.refine_config/1" and d["bits"] == [2, 4, 8]
+    back = RefineConfig.from_dict(d)
+    assert back == config and back.bits == (2, 4, 8) and back.pin == ("conv1", "fc")
+    assert RefineConfig.from_dict(RefineConfig().to_dict()) == RefineConfig()
+    with pytest.raises(UserError, match="schema 'fqopt.refine_config/0'"):
+        RefineConfig.from_dict({**d, "schema": "fqopt.refine_config/0"})
+    with pytest.raises(UserError, match=r"unknown refine option\(s\) \['momentum'\]"):
+        RefineConfig.from_dict({**d, "momentum": 0.9})
+    with pytest.raises(UserError, match="lr must be a positive number"):
+        RefineConfig.from_dict({**d, "lr": -1})
+
+
+def test_refine_with_a_config_is_refine_with_keywords(small_run, tmp_path):
+    """Same settings fingerprint, so a config call resumes a keyword call's checkpoint, and the
+    same result."""
+    from fqopt.baq._refine import _prepare
+
+    plan = mixed_plan(small_run, seed=8)
+    keywords = dict(fairness="worst", lambda_fair=0.2, epochs=1, finetune_epochs=1,
+                    batch_size=48, seed=3)
+    config = RefineConfig(**keywords)
+    assert (_prepare(small_run, plan, config)[1] == _prepare(small_run, plan, **keywords)[1]
+            == _prepare(small_run, plan, RefineConfig(fairness="range"), **keywords)[1])
+    by_keywords = refine(small_run, plan, out_dir=tmp_path / "a", evaluate=False, **keywords)
+    by_config = refine(small_run, plan, config, out_dir=tmp_path / "b", evaluate=False)
+    assert by_config.settings == by_keywords.settings
+    assert by_config.plan.assignments == by_keywords.plan.assignments
+    np.testing.assert_array_equal(by_config.continuous_bits, by_keywords.continuous_bits)
+    # the keyword run's checkpoint is this config's: it resumes, it does not refuse
+    stages = []
+    again = refine(small_run, plan, config, out_dir=tmp_path / "a", evaluate=False,
+                   callback=lambda s, d, t, **i: stages.append(s))
+    assert not any(s.startswith(("refine", "fine-tune")) for s in stages)
+    assert again.plan.assignments == by_keywords.plan.assignments
+    # a config override is a setting like any other
+    with pytest.raises(UserError, match="other settings.*lambda_fair"):
+        refine(small_run, plan, config, out_dir=tmp_path / "a", evaluate=False, lambda_fair=0.3)
 
 
 def test_bad_budgets(small_run, tmp_path):

@@ -393,6 +393,49 @@ def test_tpe_sampler_and_unknown_sampler(srun, tmp_path):
         make_sampler("cmaes", seed=0)
 
 
+# --------------------------------------------------------------------------- PipelineConfig
+def test_pipeline_config_defaults_round_trip_and_overrides():
+    from fqopt.search import PipelineConfig, TrainOptions
+    from fqopt.search._study import DEFAULT_TRIALS
+    from fqopt.search._verdict import DEFAULT_BUDGET
+
+    default = PipelineConfig()
+    assert default.n_trials == DEFAULT_TRIALS and default.budget == DEFAULT_BUDGET
+    assert PipelineConfig(n_trials=None, budget=None) == default   # None means the default
+    config = PipelineConfig(methods=["fisher"], quantizers=["maxabs", "mse"], direct=True,
+                            budget_range=[3, 6], refine_mode="baq", n_trials=np.int64(7),
+                            train=TrainOptions(samples=64, seed=2), artifacts=Path("arts"))
+    assert config.granularity == "layer"   # direct mode chooses per-layer bits
+    assert config.methods == ("fisher",) and config.budget_range == (3.0, 6.0)
+    d = json.loads(json.dumps(config.to_dict()))
+    assert d["schema"] == "fqopt.pipeline_config/1" and d["train"]["samples"] == 64
+    back = PipelineConfig.from_dict(d)
+    assert back == PipelineConfig.build(config, artifacts="arts")
+    assert PipelineConfig.build(config, seed=5).seed == 5 and config.seed == 0
+    with pytest.raises(UserError, match="schema"):
+        PipelineConfig.from_dict({**d, "schema": "fqopt.pipeline_config/0"})
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(refine_mode="qat"), "unknown refine mode 'qat'; expected one of finetune, baq"),
+    (dict(sampler="cmaes"), "unknown sampler 'cmaes'"),
+    (dict(granularity="tensor"), "unknown granularity 'tensor'"),
+    (dict(n_trials=0), "n_trials must be a positive integer"),
+    (dict(refine_top=-1), "refine_top must be an integer ≥ 0"),
+    (dict(budget=0), "budget must be a positive number"),
+    (dict(budget_range="2.5:7"), "budget_range must be two numbers"),
+    (dict(trials=10), r"unknown search option\(s\) \['trials'\]"),
+])
+def test_run_pipeline_refuses_bad_options_before_any_work(tmp_path, options, message):
+    from fqopt.search import PipelineConfig, run_pipeline
+
+    with pytest.raises(UserError, match=message):
+        run_pipeline(tmp_path / "run", **options)
+    with pytest.raises(UserError, match=message):
+        run_pipeline(tmp_path / "run", PipelineConfig(), **options)
+    assert not (tmp_path / "run").exists()
+
+
 # --------------------------------------------------------------------------- bad input
 def test_other_directions_and_other_run_are_refused(srun, tmp_path):
     import copy

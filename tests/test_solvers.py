@@ -457,8 +457,8 @@ def test_a_backend_optimal_without_a_certified_gap_is_reported_feasible():
         assert res.status == "feasible" and res.info["reported_status"] == "optimal"
         assert res.gap == pytest.approx(0.5)
     finally:
-        from fqopt.solvers._registry import _SOLVERS
-        _SOLVERS.pop("_liar", None)
+        from fqopt.solvers._registry import SOLVERS
+        SOLVERS.unregister("_liar")
 
 
 def test_quantile_follows_fairquant_shares_and_scores():

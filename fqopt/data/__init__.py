@@ -1,7 +1,7 @@
 """Datasets: the embedded ``synthderm`` generator and loaders for real-format data.
 
-``fqopt.data.load(name, **options) -> FairDataset``. Loaders are looked up in a registry of
-``name -> "module:function"`` and imported on first use.
+``fqopt.data.load(name, **options) -> FairDataset``. Loaders are looked up in a registry
+(:data:`DATASETS`) of ``name -> "module:function"`` and imported on first use.
 """
 
 from __future__ import annotations
@@ -11,34 +11,35 @@ import inspect
 
 import numpy as np
 
+from fqopt._registry import Registry
 from fqopt.data._base import (SPLITS, FairDataset, iter_batches, stratified_split)
 from fqopt.errors import UserError
 
-_REGISTRY: dict[str, str] = {
-    "synthderm": "fqopt.data._synthderm:load_synthderm",
-    "fitzpatrick17k": "fqopt.data._fitzpatrick:load_fitzpatrick17k",
-    "isic2019": "fqopt.data._isic:load_isic2019",
-    "csv": "fqopt.data._csv:load_csv",
-}
+#: ``name -> "package.module:function"``: loaders are imported when first loaded
+DATASETS: Registry[str] = Registry("dataset")
 
-__all__ = ["FairDataset", "SPLITS", "available", "iter_batches", "load", "register_dataset",
-           "stratified_split"]
+__all__ = ["DATASETS", "FairDataset", "SPLITS", "available", "iter_batches", "load",
+           "register_dataset", "stratified_split"]
 
 
 def available() -> list[str]:
-    return list(_REGISTRY)
+    return DATASETS.names()
 
 
-def register_dataset(name: str, target: str) -> None:
+def register_dataset(name: str, target: str, *, replace: bool = False) -> None:
     """Register a loader ``"package.module:function"`` under ``name``."""
-    _REGISTRY[name] = target
+    DATASETS.register(name, target, replace=replace)
+
+
+register_dataset("synthderm", "fqopt.data._synthderm:load_synthderm")
+register_dataset("fitzpatrick17k", "fqopt.data._fitzpatrick:load_fitzpatrick17k")
+register_dataset("isic2019", "fqopt.data._isic:load_isic2019")
+register_dataset("csv", "fqopt.data._csv:load_csv")
 
 
 def load(name: str = "synthderm", **options) -> FairDataset:
     """Load dataset ``name`` with loader-specific ``options`` (``root``, ``image_size``, ...)."""
-    if name not in _REGISTRY:
-        raise UserError(f"unknown dataset {name!r}; available: {', '.join(_REGISTRY)}")
-    module, func = _REGISTRY[name].split(":")
+    module, func = DATASETS.get(name).split(":")
     loader = getattr(importlib.import_module(module), func)
     params = inspect.signature(loader).parameters
     if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
