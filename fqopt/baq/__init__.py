@@ -34,7 +34,9 @@ The result is a solver plan: its ``avg_bits`` (or size, or BOPs) is within the b
 the solver's ``budget_used`` reports.
 
 **Fine-tune.** A short fixed-bit fine-tune (straight-through estimator, weights only) at the
-rounded bits follows. Pinned units keep the plan's bits throughout.
+rounded bits follows. Pinned units keep the plan's bits throughout. With ``distill`` = α > 0 each
+sample's loss is (1 − α)·CE + α·T²·KL(p_FP,T ‖ p_T), the run's FP model as the teacher
+(:func:`distillation_loss`).
 
 **Runs and resumption.** CUDA with bf16 autocast when present, CPU otherwise. A checkpoint is
 written after every epoch of both phases (``baq_state.pt``, ``finetune_state.pt``); a new call
@@ -46,7 +48,7 @@ FairnessReports of the static and refined plans on the search and test splits, `
 and ``refine.json`` (a summary).
 
 **Layout.** ``_config`` (:class:`RefineConfig`, the settings and their resume fingerprint),
-``_bits`` (:class:`BitWidths`), ``_fairness`` (the fairness-term registry), ``_budget`` (the
+``_bits`` (:class:`BitWidths`), ``_fairness`` (the fairness-term registry), ``_distill``, ``_budget`` (the
 augmented Lagrangian and the rounding costs), ``_session`` (one refinement: budget, pins, the
 training loop, rounding, fine-tune), ``_state`` (checkpoints), ``_result`` (:class:`RefineResult`)
 and ``_refine`` (the entry points). The differentiable quantizers are in :mod:`fqopt.quantizers`.
@@ -55,6 +57,7 @@ and ``_refine`` (the entry points). The differentiable quantizers are in :mod:`f
 from fqopt.baq._bits import BitWidths, fixed_bit_weights
 from fqopt.baq._budget import AugmentedLagrangian, rounding_costs
 from fqopt.baq._config import RefineConfig
+from fqopt.baq._distill import distillation_loss
 from fqopt.baq._fairness import (FAIRNESS_TERMS, FairnessTerm, group_losses, make_fairness,
                                  register_fairness)
 from fqopt.baq._refine import finished_refinement, load_refined, measure_step_times, refine
@@ -66,4 +69,5 @@ __all__ = ["refine", "RefineConfig", "load_refined", "RefineResult", "BitWidths"
            "fractional_fake_quantize", "FairnessTerm", "FAIRNESS_TERMS", "register_fairness",
            "make_fairness", "group_losses", "AugmentedLagrangian", "rounding_costs",
            "plan_fingerprint", "measure_step_times", "fixed_bit_weights",
-           "fixed_fake_quantize_ste", "step_time_ratio", "finished_refinement"]
+           "fixed_fake_quantize_ste", "step_time_ratio", "finished_refinement",
+           "distillation_loss"]

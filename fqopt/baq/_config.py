@@ -33,6 +33,9 @@ class RefineConfig(Config):
     weight_decay: AdamW decay of the weight matrices.
     batch_size; steps_per_epoch: a cap on one epoch's steps (None: one pass over the train split).
     balanced: group-balanced sampling; augment: flips and right-angle rotations.
+    distill: weight α ∈ [0, 1] of knowledge distillation from the run's FP model: each sample's
+        loss is (1 − α)·CE + α·T²·KL(p_FP,T ‖ p_T) at temperature ``distill_temperature`` T
+        (the fairness term then ranges over these per-group losses); 0: plain cross-entropy.
     bits: candidate bit-widths of the rounding (None: the plan's).
     pin: ``"plan"``, ``"none"`` or layer names (a comma-separated string or a sequence).
     quantizer: ``maxabs`` | ``mse`` (None: the plan's own). solver: the rounding's back-end.
@@ -54,6 +57,8 @@ class RefineConfig(Config):
     steps_per_epoch: int | None = None
     balanced: bool = False
     augment: bool = True
+    distill: float = 0.0
+    distill_temperature: float = 1.0
     bits: tuple[int, ...] | None = None
     pin: str | tuple[str, ...] | None = "plan"
     quantizer: str | None = None
@@ -87,6 +92,13 @@ class RefineConfig(Config):
         if spe is not None and (isinstance(spe, bool) or not isinstance(spe, (int, np.integer))
                                 or spe < 1):
             raise UserError(f"steps_per_epoch must be a positive integer or None, got {spe!r}")
+        d = self.distill
+        if isinstance(d, bool) or not isinstance(d, (int, float)) or not 0 <= d <= 1:
+            raise UserError(f"distill must be a number in [0, 1], got {d!r}")
+        t = self.distill_temperature
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) \
+                or t <= 0:
+            raise UserError(f"distill_temperature must be a positive number, got {t!r}")
         if self.quantizer is not None:
             QUANTIZERS.get(self.quantizer)
         get_solver(self.solver)  # an unknown back-end fails here, not after the training epochs
@@ -104,9 +116,10 @@ class RefineConfig(Config):
         """The settings a checkpoint records and a resumed run must match: what one training
         step computes, with the plan-dependent values resolved (``plan``: its fingerprint,
         ``budget``: ``{"kind", "value"}``, the candidate ``bits``, the ``pinned`` layers; the
-        quantizer must be resolved, not None). Epochs are not in it, so a longer run continues a shorter one; neither
-        is the device."""
-        return {
+        quantizer must be resolved, not None). Epochs are not in it, so a longer run continues a
+        shorter one; neither is the device. Distillation enters only when on, so checkpoints
+        written before it existed still resume."""
+        out = {
             "plan": plan, "budget": budget, "fairness": make_fairness(self.fairness, 2).spec,
             "lambda_fair": float(self.lambda_fair), "lambda_budget": float(self.lambda_budget),
             "lr": float(self.lr), "bit_lr": float(self.bit_lr),
@@ -117,3 +130,7 @@ class RefineConfig(Config):
             "bits": list(bits), "pinned": list(pinned), "quantizer": self.quantizer,
             "solver": self.solver, "seed": int(self.seed),
         }
+        if self.distill > 0:
+            out.update(distill=float(self.distill),
+                       distill_temperature=float(self.distill_temperature))
+        return out

@@ -17,6 +17,7 @@ from fqopt._io import atomic_path, write_json
 from fqopt.apply import plan_layer_bits
 from fqopt.baq._bits import BitWidths, fixed_bit_weights
 from fqopt.baq._budget import AugmentedLagrangian, rounding_costs
+from fqopt.baq._distill import distillation_loss
 from fqopt.baq._fairness import group_losses, make_fairness
 from fqopt.baq._result import RefineResult
 from fqopt.baq._state import STATE_SCHEMA, cpu_state, load_finetune, load_state, save_state
@@ -276,6 +277,15 @@ class RefineSession:
                 x = augment_batch(x, gen)
             yield steps, x, y, g
 
+    @torch.no_grad()
+    def _teacher_logits(self, x) -> torch.Tensor:
+        """The run's FP model on ``x`` (eval mode, loaded once, frozen): the distillation
+        teacher."""
+        if getattr(self, "_teacher", None) is None:
+            self._teacher = self.run.model().to(self.device).eval()
+            self._teacher.requires_grad_(False)
+        return self._teacher(x).float()
+
     def _step(self, x, y, g, settings, opt, fair, *, bw=None, al=None, cap_g=None,
               layer_bits=None) -> tuple[float, float, float, float]:
         """One optimizer step: bits and weights (``bw`` given) or weights at fixed
@@ -291,6 +301,10 @@ class RefineSession:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             logits = torch.func.functional_call(self.model, weights, (x,))
         per = nn.functional.cross_entropy(logits.float(), y, reduction="none")
+        alpha = settings.get("distill", 0.0)
+        if alpha > 0:
+            per = (1 - alpha) * per + alpha * distillation_loss(
+                logits.float(), self._teacher_logits(x), settings["distill_temperature"])
         ce = per.mean()
         loss = ce
         r = None
