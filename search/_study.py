@@ -31,12 +31,12 @@ from collections.abc import Callable
 
 from fqopt.errors import UserError
 from fqopt.search import _storage
+from fqopt.search._defaults import DEFAULT_TRIALS
 from fqopt.search._plans import PlanMaker
 from fqopt.search._seeds import ATTR_SEED, SeedTrial, default_seeds, direct_seeds
 from fqopt.search._space import DirectSpace, SearchSpace
 from fqopt.search._trial import ATTR_CONSTRAINT, Objective, SplitEvaluator, WeightBank
 
-DEFAULT_TRIALS = 100
 DEFAULT_POPULATION = 20
 #: seconds between checks while other workers finish the last trials
 POLL_SECONDS = 2.0

@@ -2,8 +2,8 @@
 
 Each ``*_info`` function computes plain data (tested); each ``plot_*`` takes that info object and
 returns a matplotlib ``Figure`` (Agg backend; matplotlib is imported only here, inside the
-functions). Inputs are the results dict of ``reports/search_test.json`` (see ``_pipeline``) and
-the Optuna study.
+functions). Inputs are the :class:`SearchResults` of ``reports/search_test.json`` and the
+Optuna study.
 """
 
 from __future__ import annotations
@@ -12,6 +12,13 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
+import optuna
+from optuna.trial import TrialState
+
+from fqopt.search._results import PlanRecord, RefinedRecord, SearchResults, SplitFigures
+from fqopt.search._seeds import ATTR_KIND, ATTR_SEED
+from fqopt.search._storage import DIRECTIONS, METRIC_NAMES
+from fqopt.search._verdict import REPORT_BUDGETS, recommend
 
 #: the kinds of baseline points, their legend names and marker styles
 BASELINE_STYLE = {
@@ -77,45 +84,40 @@ class ParetoFrontInfo:
     collapsed: dict[str, list[Point]] = field(default_factory=dict)
 
 
-def _point(rec: dict, split: str, kind: str | None = None) -> Point | None:
-    rep = rec.get(split)
+def _point(rec: PlanRecord | RefinedRecord, split: str, kind: str | None = None
+           ) -> Point | None:
+    rep = rec.figures(split)
     if not rep:
         return None
-    ci = rep.get("ci") or {}
-    ci = {k: list(ci[k]) for k in ("avg_acc", "worst_acc") if ci.get(k)} or None
-    return Point(avg_bits=float(rec["avg_bits"]), avg_acc=float(rep["avg_acc"]),
-                 worst_acc=float(rep["worst_acc"]), label=rec.get("label", ""),
-                 trial=rec.get("trial"), kind=kind or rec.get("kind", "sampled"), ci=ci)
+    ci = {k: list(rep.ci[k]) for k in ("avg_acc", "worst_acc") if rep.ci.get(k)} or None
+    return Point(avg_bits=float(rec.avg_bits), avg_acc=float(rep.avg_acc),
+                 worst_acc=float(rep.worst_acc), label=rec.label, trial=rec.trial,
+                 kind=kind or rec.kind, ci=ci)
 
 
-def pareto_front_info(results: dict, *, split: str = "test", study=None,
+def pareto_front_info(results: SearchResults, *, split: str = "test", study=None,
                       budgets=None) -> ParetoFrontInfo:
     """The Pareto front on ``split`` (``test`` or ``search``); with ``study`` and the search
     split, every complete trial is added as background. ``budgets``: where to mark the
     recommended plan (default :data:`fqopt.search._verdict.REPORT_BUDGETS`)."""
-    pareto = [p for p in (_point(r, split) for r in results.get("pareto", [])) if p]
+    pareto = [p for p in (_point(r, split) for r in results.pareto) if p]
     baselines: dict[str, list[Point]] = {}
-    for rec in results.get("baselines", []):
-        kind = rec.get("kind", "sampled")
-        if kind not in BASELINE_STYLE:
+    for rec in results.baselines:
+        if rec.kind not in BASELINE_STYLE:
             continue
-        p = _point(rec, split, kind)
+        p = _point(rec, split, rec.kind)
         if p:
-            baselines.setdefault(kind, []).append(p)
+            baselines.setdefault(rec.kind, []).append(p)
     for pts in baselines.values():
         pts.sort(key=lambda p: p.avg_bits)
-    refined = [p for p in (_point(r, split, "refined") for r in results.get("refined", [])) if p]
+    refined = [p for p in (_point(r, split, "refined") for r in results.refined) if p]
     trials = []
     if study is not None and split == "search":
-        from optuna.trial import TrialState
-
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
             trials.append(Point(avg_bits=t.values[2], avg_acc=t.values[0], worst_acc=t.values[1],
-                                trial=t.number, kind=t.user_attrs.get("fqopt:kind", "sampled")))
-    fp = (results.get("fp32") or {}).get(split)
-    fp32 = None if not fp else {"avg_acc": fp["avg_acc"], "worst_acc": fp["worst_acc"]}
-    from fqopt.search._verdict import REPORT_BUDGETS, recommend
-
+                                trial=t.number, kind=t.user_attrs.get(ATTR_KIND, "sampled")))
+    fp = results.fp32.get(split)
+    fp32 = None if not fp else {"avg_acc": fp.avg_acc, "worst_acc": fp.worst_acc}
     budgets = sorted(set(budgets if budgets is not None else REPORT_BUDGETS))
     recommended, seen = [], {}
     for b in budgets:
@@ -123,11 +125,11 @@ def pareto_front_info(results: dict, *, split: str = "test", study=None,
         p = None if r is None else _point(r, split)
         if p is None:
             continue
-        if r.get("trial") in seen:  # the same plan at a larger budget: widen its label
-            seen[r.get("trial")].budgets.append(b)
+        if r.trial in seen:  # the same plan at a larger budget: widen its label
+            seen[r.trial].budgets.append(b)
             continue
-        seen[r.get("trial")] = Recommended(budget=b, point=p, index=r.get("index"), budgets=[b])
-        recommended.append(seen[r.get("trial")])
+        seen[r.trial] = Recommended(budget=b, point=p, index=r.index, budgets=[b])
+        recommended.append(seen[r.trial])
     info = ParetoFrontInfo(split=split, pareto=sorted(pareto, key=lambda p: p.avg_bits),
                            trials=trials, baselines=baselines, refined=refined, fp32=fp32,
                            recommended=recommended)
@@ -163,21 +165,24 @@ def _visible_range(info: ParetoFrontInfo, metric: str):
 
 
 # --------------------------------------------------------------------------- chosen plans
-def chosen_plans(results: dict, caps=(3.0, 3.5, 4.0, 4.5, 5.5)) -> list[dict]:
+@dataclass
+class ChosenPlan:
+    """A Pareto plan picked to look at closely: the best at ≤ ``cap`` average bits."""
+
+    cap: float
+    record: PlanRecord
+
+
+def chosen_plans(results: SearchResults, caps=REPORT_BUDGETS) -> list[ChosenPlan]:
     """A few Pareto plans to look at closely: for each cap on average bits, the plan with the
     best *search* ``worst_acc`` within it (chosen without looking at the test split)."""
     out, seen = [], set()
-    pareto = results.get("pareto", [])
     for cap in caps:
-        cands = [r for r in pareto if r["avg_bits"] <= cap + 1e-9 and r.get("search")]
-        if not cands:
+        best = recommend(results, cap)
+        if best is None or best.trial in seen:
             continue
-        best = max(cands, key=lambda r: (r["search"]["worst_acc"], r["search"]["avg_acc"],
-                                         -r["avg_bits"]))
-        if best["trial"] in seen:
-            continue
-        seen.add(best["trial"])
-        out.append({**best, "cap": cap})
+        seen.add(best.trial)
+        out.append(ChosenPlan(cap=cap, record=best))
     return out
 
 
@@ -193,38 +198,39 @@ class GroupAccuracyInfo:
     intervals: list[list[tuple[float, float] | None]] = field(default_factory=list)
 
 
-def group_accuracy_info(results: dict, *, split: str = "test", chosen=None,
+def group_accuracy_info(results: SearchResults, *, split: str = "test",
+                        chosen: list[ChosenPlan] | None = None,
                         uniform_bits: int = 4) -> GroupAccuracyInfo:
     chosen = chosen_plans(results) if chosen is None else chosen
-    fp = (results.get("fp32") or {}).get(split) or {}
-    groups = list(fp.get("group_names") or (results.get("run") or {}).get("groups") or [])
+    fp = results.fp32.get(split)
+    groups = (fp.group_names if fp else []) or list(results.run.groups)
     series, intervals = [], []
 
-    def accs(rep):
-        ga = rep.get("group_accuracy", {})
-        ci = (rep.get("ci") or {}).get("group_accuracy") or {}
+    def accs(rep: SplitFigures):
+        ci = rep.ci.get("group_accuracy") or {}
         intervals.append([tuple(ci[g]) if g in ci else None for g in groups])
-        return [float(ga.get(g, math.nan)) for g in groups]
+        return [float(rep.group_accuracy.get(g, math.nan)) for g in groups]
 
     shown = set()
     if fp:
         series.append(("FP32", accs(fp)))
-    uni = next((b for b in results.get("baselines", [])
-                if b.get("seed") == f"uniform:{uniform_bits}"), None)
-    if uni and uni.get(split):
-        series.append((f"uniform {uniform_bits}-bit ({uni['avg_bits']:.2f} b)", accs(uni[split])))
-        shown.add(uni["trial"])
-    fq = [b for b in results.get("baselines", []) if b.get("kind") == "fairquant" and
-          b.get(split) and abs(b["avg_bits"] - uniform_bits) < 0.05]
+    uni = results.baseline(f"uniform:{uniform_bits}")
+    if uni and uni.figures(split):
+        series.append((f"uniform {uniform_bits}-bit ({uni.avg_bits:.2f} b)",
+                       accs(uni.figures(split))))
+        shown.add(uni.trial)
+    fq = [b for b in results.baselines if b.kind == "fairquant" and b.figures(split)
+          and abs(b.avg_bits - uniform_bits) < 0.05]
     if fq:  # FairQuant at matched bits: the one the search split liked best
-        best = max(fq, key=lambda b: b["search"]["worst_acc"])
-        series.append((f"{best['label']} ({best['avg_bits']:.2f} b)", accs(best[split])))
-        shown.add(best["trial"])
-    for r in chosen:
-        if r.get(split) and r["trial"] not in shown:
-            series.append((f"pareto-{r['index']:02d}: {r.get('label', '')} "
-                           f"({r['avg_bits']:.2f} b)", accs(r[split])))
-    return GroupAccuracyInfo(split=split, groups=groups, n=dict(fp.get("n") or {}),
+        best = max(fq, key=lambda b: b.search.worst_acc)
+        series.append((f"{best.label} ({best.avg_bits:.2f} b)", accs(best.figures(split))))
+        shown.add(best.trial)
+    for c in chosen:
+        r = c.record
+        if r.figures(split) and r.trial not in shown:
+            series.append((f"pareto-{r.index:02d}: {r.label} ({r.avg_bits:.2f} b)",
+                           accs(r.figures(split))))
+    return GroupAccuracyInfo(split=split, groups=groups, n=dict(fp.n) if fp else {},
                              series=series, intervals=intervals)
 
 
@@ -287,10 +293,6 @@ class HistoryInfo:
 
 
 def history_info(study, *, target: int = 1, cap: float | None = 4.5) -> HistoryInfo:
-    from optuna.trial import TrialState
-
-    from fqopt.search._storage import DIRECTIONS, METRIC_NAMES
-
     trials = sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)),
                     key=lambda t: t.number)
     sign = 1.0 if DIRECTIONS[target] == "maximize" else -1.0
@@ -304,7 +306,7 @@ def history_info(study, *, target: int = 1, cap: float | None = 4.5) -> HistoryI
         best.append(sign * cur if math.isfinite(cur) else math.nan)
     return HistoryInfo(target=METRIC_NAMES[target], direction=DIRECTIONS[target],
                        numbers=[t.number for t in trials], values=values, bits=bits,
-                       seeded=[bool(t.user_attrs.get("fqopt:seed")) for t in trials],
+                       seeded=[bool(t.user_attrs.get(ATTR_SEED)) for t in trials],
                        best=best, cap=cap)
 
 
@@ -320,15 +322,10 @@ class ImportanceInfo:
 
 
 def importance_info(study, *, min_trials: int = 8, seed: int = 0) -> ImportanceInfo:
-    import optuna
-    from optuna.trial import TrialState
-
-    from fqopt.search._storage import METRIC_NAMES
-
     # seed trials sit where the baselines are, not where the sampler put them: importances
     # describe the sampled trials only (an in-memory copy of them)
     trials = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-              if not t.user_attrs.get("fqopt:seed")]
+              if not t.user_attrs.get(ATTR_SEED)]
     if len(trials) < min_trials:
         return ImportanceInfo([], {}, f"only {len(trials)} complete sampled trials (seed trials "
                                       f"left out); importances need at least {min_trials}")
@@ -368,6 +365,7 @@ def importance_info(study, *, min_trials: int = 8, seed: int = 0) -> ImportanceI
 
 # =========================================================================== renderers
 def _mpl():
+    # deferred: matplotlib (about a second) loads only when a figure is drawn
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -560,7 +558,7 @@ def _count(n: int) -> str:
 
 def plot_channel_heatmap(info: LayerBitsInfo):
     plt = _mpl()
-    from matplotlib.colors import BoundaryNorm, ListedColormap
+    from matplotlib.colors import BoundaryNorm, ListedColormap  # deferred as in _mpl
 
     heat = info.heatmap
     bits = info.bits or sorted({int(v) for v in np.unique(heat[~np.isnan(heat)])})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from fqopt import search  # light: its names load torch and Optuna on first use
 from fqopt.cli import _ui
 
 
@@ -16,14 +17,12 @@ from fqopt.cli import _ui
               help="Folder for report.html and the PNGs [default: RUN/reports].")
 @_ui.force_option
 def command(run_dir, storage, study_name, out_dir, force):
-    from fqopt.cli.search import quiet_optuna
-    from fqopt.runs import Run
-    from fqopt.search._report import open_search, write_report
+    from fqopt.runs import Run  # deferred: loads torch (`fqopt report --help` stays fast)
 
-    quiet_optuna()
+    search.quiet_optuna()
     run = Run.open(run_dir)
-    study, results = open_search(run, storage=storage, study_name=study_name)
+    study, results = search.open_search(run, storage=storage, study_name=study_name)
     with _ui.RichProgress(transient=True) as cb:
-        path = write_report(run, study, results, force=force, callback=cb, out_dir=out_dir)
+        path = search.write_report(run, study, results, force=force, callback=cb, out_dir=out_dir)
     pngs = sorted(p.name for p in path.parent.glob("*.png"))
     _ui.info(f"saved {path} and {len(pngs)} figures ({', '.join(pngs)}) in {path.parent}")
