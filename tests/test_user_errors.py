@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from fqopt.cli import main
+from fqopt.errors import UserError
 from fqopt.plan import AllocationPlan
 from fqopt.runs import Run
 from fqopt.sensitivity import SensitivityTable
@@ -267,6 +268,32 @@ def test_search_checks_quantizers_and_methods_before_training(tmp_path, capsys):
     _err(capsys, ["search", "--run", out, "--methods", "nosuch"], "--methods", "'nosuch'",
          "fisher")
     assert not out.exists()
+
+
+def test_search_checks_the_storage_once_before_training(tmp_path, capsys, monkeypatch):
+    """`fqopt search` checks the storage and an existing study once (in run_pipeline), and
+    before the run folder is created or anything trained."""
+    from fqopt.search import _pipeline
+
+    calls = []
+    real = _pipeline.precheck
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs.get("storage"))
+        return real(*args, **kwargs)
+
+    def no_training(*args, **kwargs):
+        raise UserError("stopped before training")
+
+    monkeypatch.setattr(_pipeline, "precheck", counting)
+    monkeypatch.setattr(_pipeline, "ensure_trained", no_training)
+    out = tmp_path / "new"
+    _err(capsys, ["search", "--run", out, "--storage", "nosuchdb"], "not a database URL")
+    assert calls == ["nosuchdb"] and not out.exists()
+    calls.clear()
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    _err(capsys, ["search", "--run", out, "--storage", url], "stopped before training")
+    assert calls == [url] and not out.exists()
 
 
 # ------------------------------------------------------------------------ 7. --dataset
