@@ -20,7 +20,7 @@ from fqopt.plan import AllocationPlan
 from fqopt.runs import Run
 from fqopt.sensitivity import SensitivityTable
 from fqopt.units import discover_units
-from tests.fixtures import expect_user_error
+from tests.fixtures import expect_user_error, random_weight_run
 
 TINY = {"n": 150, "image_size": 16}
 
@@ -38,11 +38,8 @@ def _snapshot(folder):
 @pytest.fixture(scope="module")
 def rand_run(tmp_path_factory):
     """A run with an untrained (random) model: enough to apply, evaluate and export plans."""
-    path = tmp_path_factory.mktemp("runs") / "r"
-    run = Run.create(path, dataset="synthderm", dataset_options=TINY, model="test_resnet")
-    torch.manual_seed(0)
-    torch.save(run.new_model().state_dict(), run.checkpoint_path)
-    return run
+    return random_weight_run(tmp_path_factory.mktemp("runs") / "r", samples=TINY["n"],
+                             image_size=TINY["image_size"])
 
 
 @pytest.fixture
