@@ -18,6 +18,7 @@ import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import unquote
 
 import optuna
 from optuna.exceptions import DuplicatedStudyError
@@ -73,8 +74,6 @@ def url_secrets(url: str) -> list[str]:
     values = set()
     for v in found:
         if v:
-            from urllib.parse import unquote
-
             values.update({v, unquote(v)})
     return sorted(values, key=len, reverse=True)
 

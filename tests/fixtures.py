@@ -8,7 +8,8 @@
 - :func:`make_image_csv`: a folder of images and a ``path,label,group`` CSV;
 - :class:`Tiny`: a hand-countable model that is not a timm architecture;
 - :func:`random_weight_run`: a run folder with an untrained ``test_resnet`` checkpoint (no
-  training), and :func:`randomize_batchnorm` for models whose every stored float should matter.
+  training), and :func:`randomize_batchnorm` for models whose every stored float should matter;
+- :func:`copy_trained_run`: a trained run without its search, for a search to start on.
 
 Each returns a record of what it wrote (paths, rows, which rows are unknown or missing) so
 tests can compute expectations independently of the loaders. Images are real JPEG files written
@@ -280,6 +281,22 @@ def random_weight_run(path, *, samples: int = 150, image_size: int = 16, seed: i
         randomize_batchnorm(model, seed=seed)
     torch.save(model.state_dict(), run.checkpoint_path)
     return run
+
+
+def copy_trained_run(run, dest: Path):
+    """A copy of a trained run folder at ``dest`` without anything a search wrote or cached
+    (study, sensitivity tables, plans, reports, refined models, artifacts): a search on it starts
+    from the trained model."""
+    import shutil
+
+    from fqopt.runs import Run
+
+    shutil.copytree(run.path, dest)
+    for stale in ("study.db", "sensitivity.npz"):
+        (dest / stale).unlink(missing_ok=True)
+    for folder in ("tables", "plans", "reports", "refined", "artifacts"):
+        shutil.rmtree(dest / folder, ignore_errors=True)
+    return Run.open(dest)
 
 
 def expect_user_error(capsys, argv, *needles, absent=()):

@@ -8,7 +8,6 @@ import copy
 import json
 import math
 import re
-import shutil
 import warnings
 
 import numpy as np
@@ -17,6 +16,7 @@ import pytest
 
 from fqopt.errors import UserError
 from fqopt.search import SearchResults
+from tests.fixtures import copy_trained_run
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -189,11 +189,7 @@ def searched(tiny_run, tmp_path_factory):
     from fqopt.search._pipeline import run_pipeline
 
     dest = tmp_path_factory.mktemp("report") / "run"
-    shutil.copytree(tiny_run.path, dest)
-    for stale in ("study.db", "sensitivity.npz"):
-        (dest / stale).unlink(missing_ok=True)
-    for folder in ("tables", "plans", "reports", "refined"):
-        shutil.rmtree(dest / folder, ignore_errors=True)
+    copy_trained_run(tiny_run, dest)
     stages = []
     result = run_pipeline(dest, n_trials=20, refine_top=0, calib=128,
                           callback=lambda stage, done, total, **kw: stages.append(stage))

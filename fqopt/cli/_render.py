@@ -1,12 +1,32 @@
-"""What ``fqopt search`` and ``fqopt show`` both print: the Pareto table and the search's closing
-summary (stderr), from the typed records of ``fqopt.search``."""
+"""What ``fqopt search``, ``show`` and ``report`` share: the options naming a shared study,
+opening a run's search, the Pareto table and the search's closing summary (stderr), from the
+typed records of ``fqopt.search``."""
 
 from __future__ import annotations
 
+import click
+
 from fqopt import search  # light: its names load torch and Optuna on first use
 from fqopt.cli import _ui
+from fqopt.runs import Run
 
 MARK = "★"
+
+
+def study_options(fn):
+    """``--storage`` and ``--study`` of a command that reads a run's search."""
+    fn = click.option("--study", "study_name", default=None, help="Study name.")(fn)
+    return click.option("--storage", default=None,
+                        help="Optuna storage URL of a shared study [default: "
+                             "sqlite:///RUN/study.db].")(fn)
+
+
+def open_search(run_dir, storage, study_name):
+    """``(run, study or None, results or None)`` of the run folder's search (Optuna quiet)."""
+    search.quiet_optuna()
+    run = Run.open(run_dir)
+    study, results = search.open_search(run, storage=storage, study_name=study_name)
+    return run, study, results
 
 
 def print_pareto(rows: list, title: str | None = None, recommended=None,

@@ -6,24 +6,18 @@ import click
 
 from fqopt import search  # light: its names load torch and Optuna on first use
 from fqopt.cli import _ui
-from fqopt.cli._render import print_pareto
+from fqopt.cli._render import open_search, print_pareto, study_options
 
 
 @click.command("show", help="List the Pareto plans of a run's search; ★ marks the plan "
                             "recommended at the budget (best search worst_acc within it).")
 @_ui.run_option()
-@click.option("--storage", default=None,
-              help="Optuna storage URL of a shared study [default: sqlite:///RUN/study.db].")
-@click.option("--study", "study_name", default=None, help="Study name.")
+@study_options
 @click.option("--budget", type=click.FloatRange(2.0, 8.0), default=None,
               help="Average bits to recommend a plan at [default: the search's --budget].")
 @_ui.format_option
 def command(run_dir, storage, study_name, budget, fmt):
-    from fqopt.runs import Run  # deferred: loads torch (`fqopt show --help` stays fast)
-
-    search.quiet_optuna()
-    run = Run.open(run_dir)
-    study, results = search.open_search(run, storage=storage, study_name=study_name)
+    run, study, results = open_search(run_dir, storage, study_name)
     rows = search.pareto_rows(run, study, results)
     if budget is None:
         summary = None if results is None else results.summary
