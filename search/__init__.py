@@ -43,9 +43,9 @@ _LAZY = {
     "pareto_front_info": "_visualization", "chosen_plans": "_visualization",
     "group_accuracy_info": "_visualization", "layer_bits_info": "_visualization",
     "history_info": "_visualization", "importance_info": "_visualization",
-    "plot_pareto_front": "_visualization", "plot_group_accuracy": "_visualization",
-    "plot_layer_bits": "_visualization", "plot_channel_heatmap": "_visualization",
-    "plot_history": "_visualization", "plot_importance": "_visualization",
+    "plot_pareto_front": "_plots", "plot_group_accuracy": "_plots",
+    "plot_layer_bits": "_plots", "plot_channel_heatmap": "_plots",
+    "plot_history": "_plots", "plot_importance": "_plots",
     "ChosenPlan": "_visualization",
 }
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from fqopt._io import check_writable, write_bytes, write_text
 from fqopt.errors import UserError
 from fqopt.plan import AllocationPlan
+from fqopt.search import _plots as plots
 from fqopt.search import _visualization as vis
 from fqopt.search._results import (RESULTS_SCHEMA, PlanRecord, RunInfo, SearchResults,
                                    StudyInfo, _opt, _Record, load_results)
@@ -72,12 +73,12 @@ def build_figures(run, study, results: SearchResults) -> dict[str, object]:
     """Figure name -> matplotlib Figure (names from :data:`FIGURES`; some may be missing)."""
     figs = {}
     if results.has_test:
-        figs["pareto_test"] = vis.plot_pareto_front(
+        figs["pareto_test"] = plots.plot_pareto_front(
             vis.pareto_front_info(results, split="test"))
-    figs["pareto_search"] = vis.plot_pareto_front(
+    figs["pareto_search"] = plots.plot_pareto_front(
         vis.pareto_front_info(results, split="search", study=study))
     chosen = vis.chosen_plans(results)
-    figs["group_accuracy"] = vis.plot_group_accuracy(
+    figs["group_accuracy"] = plots.plot_group_accuracy(
         vis.group_accuracy_info(results, split="test" if results.has_test else "search",
                                 chosen=chosen))
     plans = _load_plans(run, chosen, study)
@@ -88,12 +89,12 @@ def build_figures(run, study, results: SearchResults) -> dict[str, object]:
         mixed = [i for i in order if chosen[i].record.kind != "uniform"]
         idx = (mixed or order or [0])[0]
         info = vis.layer_bits_info(plans, heatmap_index=min(idx, len(plans) - 1))
-        figs["layer_bits"] = vis.plot_layer_bits(info)
+        figs["layer_bits"] = plots.plot_layer_bits(info)
         if plans[0][1].granularity == "channel":
-            figs["channel_bits"] = vis.plot_channel_heatmap(info)
+            figs["channel_bits"] = plots.plot_channel_heatmap(info)
     if study is not None:
-        figs["history"] = vis.plot_history(vis.history_info(study, target=1))
-        figs["importance"] = vis.plot_importance(vis.importance_info(study))
+        figs["history"] = plots.plot_history(vis.history_info(study, target=1))
+        figs["importance"] = plots.plot_importance(vis.importance_info(study))
     return figs
 
 

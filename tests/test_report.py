@@ -68,7 +68,7 @@ def test_pareto_front_info(results):
 
 
 def test_staircase_is_the_running_best():
-    from fqopt.search._visualization import staircase
+    from fqopt.search._plots import staircase
 
     xs = [4.4, 2.6, 3.9, 3.0]
     ys = [0.72, 0.60, 0.75, 0.58]
@@ -151,7 +151,8 @@ def test_history_info_best_so_far_under_a_cap():
 
 
 def test_importance_info_needs_enough_trials():
-    from fqopt.search._visualization import importance_info, plot_importance
+    from fqopt.search._plots import plot_importance
+    from fqopt.search._visualization import importance_info
 
     few = importance_info(_toy_study([(0.8, 0.5, 6.0)] * 3))
     assert not few.params and "1 complete sampled trials" in few.message
@@ -168,7 +169,7 @@ def test_importance_info_needs_enough_trials():
 
 
 def test_acceptance_check(results):
-    from fqopt.search._pipeline import acceptance_check
+    from fqopt.search._holdout import acceptance_check
 
     chk = acceptance_check(SearchResults.from_dict(results))
     assert chk.uniform_test_worst_acc == 0.60 and chk.plans_at_or_below == 3

@@ -200,7 +200,7 @@ def test_describe_words_a_tie():
 # --------------------------------------------------------------------------- names, plots
 def test_plan_file_names_say_what_the_plan_is():
     from fqopt.search import PlanRecord
-    from fqopt.search._pipeline import plan_file_name
+    from fqopt.search._holdout import plan_file_name
 
     def name(kind, params=None, seed=None, q="maxabs", bits=3.4215):
         return plan_file_name(PlanRecord(kind=kind, params=params or {}, seed=seed,
@@ -218,7 +218,8 @@ def test_plan_file_names_say_what_the_plan_is():
 
 def test_front_marks_recommended_and_lists_collapsed_plans():
     from fqopt.search import SearchResults
-    from fqopt.search._visualization import pareto_front_info, plot_pareto_front
+    from fqopt.search._plots import plot_pareto_front
+    from fqopt.search._visualization import pareto_front_info
 
     res = _results_dict()
     res["baselines"].append({"trial": None, "kind": "uniform", "avg_bits": 2.01,
