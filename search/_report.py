@@ -218,7 +218,7 @@ def _verdict_html(results: SearchResults) -> str:
         w = None if cmp is None else cmp.worst_acc
         result = None if w is None else w.verdict
         cls = {"better": "ok", "worse": "bad"}.get(result, "")
-        how = ("paired bootstrap over the test images" if cmp and "paired" in cmp.method
+        how = ("paired bootstrap over the test images" if cmp and cmp.paired
                else "unpaired intervals")
         word = {"better": "better than", "worse": "worse than",
                 "tie": "a tie with"}.get(result, "compared with")

@@ -159,6 +159,19 @@ def test_recommend_best_baseline_and_summary():
             assert "plans/refined-01.json" in r.export_command
 
 
+def test_unpaired_comparisons_are_called_unpaired():
+    """Without kept predictions the report says the intervals are unpaired (``"paired"`` is a
+    substring of the method ``difference of unpaired intervals``)."""
+    from fqopt.search._report import _verdict_html
+    from fqopt.search._verdict import summarize
+
+    res = _results()
+    res.summary = summarize(res, None, budget=4.0)
+    assert not res.summary.comparison.paired
+    html = _verdict_html(res)
+    assert "unpaired intervals" in html and "paired bootstrap" not in html
+
+
 def test_summary_pairs_when_predictions_are_kept():
     from fqopt.search._verdict import summarize
 
@@ -168,6 +181,7 @@ def test_summary_pairs_when_predictions_are_kept():
         pred.add(key, np.where(rng.random(len(y)) < 0.8, y, (y + 1) % 3))
     s = summarize(res, pred, budget=4.0)
     assert "paired" in s.comparison.method and "unpaired" not in s.comparison.method
+    assert s.comparison.paired
     assert "paired" in s.refined[0].comparison.method
 
 

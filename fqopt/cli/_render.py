@@ -95,7 +95,7 @@ def print_summary(res, report_path=None) -> None:
                  f"bits), test worst_acc {interval_text(base.test, 'worst_acc')}, avg_acc "
                  f"{interval_text(base.test, 'avg_acc')}")
             cmp = s.comparison
-            how = "paired" if cmp and "paired" in cmp.method else "unpaired"
+            how = "paired" if cmp and cmp.paired else "unpaired"
             info(f"  recommended − baseline ({how}): worst_acc {describe(cmp, 'worst_acc')}; "
                  f"avg_acc {describe(cmp, 'avg_acc')}")
         if s.export_command:
