@@ -3,34 +3,63 @@
 ``run(run, tables, n_trials=..., storage=..., study_name=...) -> optuna.Study`` runs, resumes or
 joins a study whose trials are ``(avg_acc, worst_acc, avg_bits)`` on the search split;
 ``run_pipeline(run_dir)`` is ``fqopt search``: train if needed, profile, search, re-evaluate the
-Pareto plans on the test split, refine, report. ``write_report`` is ``fqopt report``; the
+Pareto plans on the test split, refine, report, and returns its :class:`SearchResults` (the
+typed form of ``reports/search_test.json``). ``write_report`` is ``fqopt report``; the
 ``*_info`` functions compute the figures' data and the ``plot_*`` functions draw them.
+
+Importing the package is light (PEP 562, as ``import fqopt``): the constants of
+``_defaults`` are there at once, every other name loads its module (torch, Optuna) on first use.
 """
 
-from fqopt.search._config import REFINE_MODES, PipelineConfig, TrainOptions
-from fqopt.search._pipeline import PipelineResult, run_pipeline
-from fqopt.search._plans import BUILDERS, PlanMaker, build_plan, register_builder
-from fqopt.search._report import load_results, write_report
-from fqopt.search._seeds import SeedTrial, default_seeds
-from fqopt.search._space import DirectSpace, SearchSpace
-from fqopt.search._storage import DIRECTIONS, METRIC_NAMES, default_storage_url
-from fqopt.search._study import (SAMPLERS, load_study, make_sampler, pareto_trials,
-                                 register_sampler, run)
-from fqopt.search._trial import SplitEvaluator, TrialObjective, WeightBank
-from fqopt.search._visualization import (chosen_plans, group_accuracy_info, history_info,
-                                         importance_info, layer_bits_info, pareto_front_info,
-                                         plot_channel_heatmap, plot_group_accuracy,
-                                         plot_history, plot_importance, plot_layer_bits,
-                                         plot_pareto_front)
+from __future__ import annotations
 
-__all__ = [
-    "run", "run_pipeline", "load_study", "pareto_trials", "write_report", "load_results",
-    "PipelineConfig", "PipelineResult", "TrainOptions", "REFINE_MODES", "SearchSpace",
-    "DirectSpace", "SeedTrial",
-    "default_seeds", "PlanMaker", "build_plan", "register_builder", "BUILDERS", "make_sampler",
-    "register_sampler", "SAMPLERS", "SplitEvaluator", "WeightBank", "TrialObjective",
-    "METRIC_NAMES", "DIRECTIONS", "default_storage_url",
-    "pareto_front_info", "chosen_plans", "group_accuracy_info", "layer_bits_info",
-    "history_info", "importance_info", "plot_pareto_front", "plot_group_accuracy",
-    "plot_layer_bits", "plot_channel_heatmap", "plot_history", "plot_importance",
-]
+import importlib
+
+from fqopt.search._defaults import DEFAULT_BUDGET, DEFAULT_TRIALS
+
+# public name -> private module that defines it; resolved on first access
+_LAZY = {
+    "run": "_study", "load_study": "_study", "pareto_trials": "_study",
+    "make_sampler": "_study", "register_sampler": "_study", "SAMPLERS": "_study",
+    "run_pipeline": "_pipeline", "PipelineResult": "_pipeline",
+    "PipelineConfig": "_config", "TrainOptions": "_config", "REFINE_MODES": "_config",
+    "precheck": "_pipeline",
+    "write_report": "_report", "open_search": "_report", "pareto_rows": "_report",
+    "ParetoRow": "_report", "mark_recommended": "_report",
+    "SearchResults": "_results", "PlanRecord": "_results", "RefinedRecord": "_results",
+    "SplitFigures": "_results", "Summary": "_results", "RecordBrief": "_results",
+    "RefinedVerdict": "_results", "BudgetMark": "_results", "Comparison": "_results",
+    "Difference": "_results", "AcceptanceCheck": "_results", "StudyInfo": "_results",
+    "BriefFigures": "_results", "RESULTS_FILE": "_results",
+    "RunInfo": "_results", "load_results": "_results",
+    "recommend": "_verdict", "best_baseline": "_verdict", "summarize": "_verdict",
+    "describe": "_verdict", "interval_text": "_verdict", "Predictions": "_verdict",
+    "SearchSpace": "_space", "DirectSpace": "_space", "parse_budget_range": "_space",
+    "SeedTrial": "_seeds", "default_seeds": "_seeds",
+    "PlanMaker": "_plans", "build_plan": "_plans", "register_builder": "_plans",
+    "BUILDERS": "_plans",
+    "SplitEvaluator": "_trial", "WeightBank": "_trial", "TrialObjective": "_trial",
+    "METRIC_NAMES": "_storage", "DIRECTIONS": "_storage", "default_storage_url": "_storage",
+    "quiet_optuna": "_storage",
+    "pareto_front_info": "_visualization", "chosen_plans": "_visualization",
+    "group_accuracy_info": "_visualization", "layer_bits_info": "_visualization",
+    "history_info": "_visualization", "importance_info": "_visualization",
+    "plot_pareto_front": "_plots", "plot_group_accuracy": "_plots",
+    "plot_layer_bits": "_plots", "plot_channel_heatmap": "_plots",
+    "plot_history": "_plots", "plot_importance": "_plots",
+    "ChosenPlan": "_visualization",
+}
+
+__all__ = ["DEFAULT_TRIALS", "DEFAULT_BUDGET", *_LAZY]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f"fqopt.search.{_LAZY[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'fqopt.search' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(__all__)

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from fqopt._config import Config
 from fqopt.errors import UserError
 from fqopt.search._space import DEFAULT_BUDGET_RANGE, DEFAULT_METHODS, DEFAULT_QUANTIZERS
-from fqopt.search._study import DEFAULT_TRIALS, SAMPLERS
-from fqopt.search._verdict import DEFAULT_BUDGET
+from fqopt.search._defaults import DEFAULT_BUDGET, DEFAULT_TRIALS
+from fqopt.search._study import SAMPLERS
 from fqopt.units import GRANULARITIES
 
 #: calibration samples per sensitivity table

@@ -9,16 +9,17 @@ Stages, each skipped when its output is already there and current:
 3. ``search``: :func:`fqopt.search.run` (resumes the study);
 4. ``test``: the Pareto plans, the seed baselines and FP32 re-evaluated on the **test** split
    (the search never sees it), with bootstrap intervals; ``plans/pareto-NN-<bits>b-<what>.json``
-   and ``reports/search_test.json``;
+   and ``reports/search_test.json`` (``_holdout``);
 5. ``refine``: fixed-bit fine-tuning (default) or BAQ of the recommended Pareto plan
    (``fqopt.baq.refine``, :data:`REFINE_MODES`);
-6. ``report``: ``reports/report.html`` and PNG figures.
+6. ``report``: ``reports/report.html`` and PNG figures (``_report``).
 
 Progress goes through ``callback(stage, done, total, **info)``, stage headers through
 ``callback("header", k, n, title=..., detail=...)`` (and ``finished=seconds``); nothing is
 printed. The test stage keeps every plan's per-image test predictions
 (``reports/test_predictions.npz``) for the paired comparisons of the summary
-(``results['summary']``: the recommended plan at ``budget`` against the best baseline).
+(``results.summary``: the recommended plan at ``budget`` against the best baseline); the
+results travel as :class:`fqopt.search._results.SearchResults`.
 """
 
 from __future__ import annotations
@@ -29,25 +30,39 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from fqopt.errors import UserError
-from fqopt.search._config import DEFAULT_CALIB, REFINE_MODES, PipelineConfig, TrainOptions
+import torch
+from optuna.artifacts import upload_artifact
 
-RESULTS_SCHEMA = "fqopt.search-results/1"
-RESULTS_FILE = "search_test.json"
+from fqopt._io import write_json
+from fqopt.baq import refine
+from fqopt.errors import UserError
+from fqopt.evaluation import evaluate
+from fqopt.plan import AllocationPlan
+from fqopt.profiling import available_methods, profile
+from fqopt.runs import Run
+from fqopt.search._config import DEFAULT_CALIB, REFINE_MODES, PipelineConfig, TrainOptions
+from fqopt.search._holdout import CHECK_BITS, TEST_BOOTSTRAP, acceptance_check, evaluate_on_test
+from fqopt.search._plans import plan_key
+from fqopt.search._report import write_report
+from fqopt.search._results import (RESULTS_FILE, PlanRecord, RefinedRecord, RunInfo,
+                                   SearchResults, SplitFigures, StudyInfo)
+from fqopt.search._space import SearchSpace
+from fqopt.search._storage import default_storage_url, masked_url, open_storage
+from fqopt.search._study import ARTIFACT_DIR, artifact_store, check_existing, count_states
+from fqopt.search._study import run as run_search
+from fqopt.search._trial import SplitEvaluator, compact_report
+from fqopt.search._verdict import PREDICTIONS_FILE, dashboard_command, summarize
+from fqopt.sensitivity import SensitivityTable
+from fqopt.training import TrainConfig, read_train_state, train
+
 DEFAULT_BITS = (2, 3, 4, 6, 8)
-#: the acceptance figure of the README: plans at or below this many average bits ...
-CHECK_BITS = 4.5
-#: ... against uniform at this many bits
-CHECK_UNIFORM = 4
-#: FairQuant-style uniform baselines (every layer, pins ignored) evaluated beside the study
-UNIFORM_ALL_LAYERS = (2, 3, 4, 8)
 
 
 @dataclass
 class PipelineResult:
     run: object
     study: object
-    results: dict | None
+    results: SearchResults | None
     results_path: Path | None
     report_path: Path | None
     stages: dict[str, float]
@@ -66,10 +81,6 @@ def ensure_trained(run_dir, options: TrainOptions, *, callback=None) -> tuple[ob
     Returns ``(run, trained_now)``. A run folder that holds another model or dataset than
     asked for explicitly is a UserError.
     """
-    from fqopt.evaluation import evaluate
-    from fqopt.runs import Run
-    from fqopt.training import TrainConfig, read_train_state, train
-
     path = Path(run_dir)
     if (path / "config.json").is_file():
         run = Run.open(path)
@@ -140,9 +151,6 @@ def ensure_tables(run, methods, granularity: str, *, bits=DEFAULT_BITS, calib=DE
                   ) -> tuple[dict, list[str]]:
     """``method -> SensitivityTable`` profiled with ``quantizer`` (cached files reused when
     current), and the notes."""
-    from fqopt.profiling import available_methods, profile
-    from fqopt.sensitivity import SensitivityTable
-
     unknown = [m for m in methods if m not in available_methods()]
     if unknown:
         raise UserError(f"--methods names unknown sensitivity method(s) {unknown}; expected "
@@ -180,208 +188,14 @@ def ensure_tables(run, methods, granularity: str, *, bits=DEFAULT_BITS, calib=DE
     return tables, notes
 
 
-# --------------------------------------------------------------------------- 4. test split
-def _trial_record(t, index=None) -> dict:
-    from fqopt.search._seeds import ATTR_KIND, ATTR_LABEL, ATTR_SEED
-
-    plan = t.user_attrs.get("plan", {})
-    kind = t.user_attrs.get(ATTR_KIND, "sampled")
-    params = dict(t.params)
-    label = t.user_attrs.get(ATTR_LABEL)
-    if label is None:
-        if "lambda" in params:
-            label = f"{params.get('method')} λ={params['lambda']:.2f} {params.get('quantizer')}"
-        else:
-            label = f"direct, {params.get('quantizer')}"
-    return {"trial": t.number, "index": index, "label": label, "kind": kind,
-            "seed": t.user_attrs.get(ATTR_SEED), "params": params,
-            "quantizer": params.get("quantizer", "maxabs"),
-            "avg_bits": float(t.values[2]), "avg_bits_channel": plan.get("avg_bits_channel"),
-            "size_bytes": plan.get("size_bytes"), "objective": plan.get("objective"),
-            "search": t.user_attrs.get("report")}
-
-
-def _plan_bits(trials) -> list[int]:
-    bits = set()
-    for t in trials:
-        bits.update(int(b) for b in t.user_attrs["plan"]["bits"])
-    return sorted(bits)
-
-
-#: bootstrap resamples of every test-split report (intervals on each group figure)
-TEST_BOOTSTRAP = 1000
-
-
-def _slug(text: str) -> str:
-    import re
-
-    return re.sub(r"[^a-z0-9.]+", "-", str(text).lower()).strip("-")
-
-
-def plan_file_name(rec: dict, index: int) -> str:
-    """``pareto-03-3.42b-fisher-l0.80-mse.json``: index, average bits and what the plan is
-    (its configuration, or the baseline it reproduces) and quantizer."""
-    kind, params, q = rec.get("kind"), rec.get("params") or {}, rec.get("quantizer", "maxabs")
-    seed = str(rec.get("seed") or "")
-    if kind == "uniform":
-        what = f"uniform{seed.split(':')[-1]}"
-    elif kind == "ladder":
-        what = f"worst-{params.get('method')}"
-    elif kind == "fairquant":
-        what = seed.split("@")[0].replace("fairquant:", "fairquant-")
-    elif kind == "hawq":
-        what = "hawq-mean"
-    elif "lambda" in params:
-        what = f"{params.get('method')}-l{params['lambda']:.2f}"
-    else:
-        what = "direct"
-    return f"pareto-{index:02d}-{rec['avg_bits']:.2f}b-{_slug(what)}-{q}.json"
-
-
-def evaluate_on_test(run, study, *, model=None, callback=None, plans_dir=None,
-                     with_predictions: bool = False):
-    """Re-evaluate the Pareto plans and every seed baseline on the test split (with bootstrap
-    intervals); write ``plans/pareto-NN-<bits>b-<what>.json``. Returns the results dict (also
-    FP32 on both splits). Uniform plans outside the study's budget range, and FairQuant's
-    uniform baselines (every layer), are evaluated here beside the study.
-    With ``with_predictions``, returns ``(results, Predictions)``: every record's per-image
-    test predictions (each record names its own in ``pred``), for paired comparisons."""
-    from fqopt.apply import resolve_plan
-    from fqopt.plan import AllocationPlan
-    from fqopt.search._plans import plan_key
-    from fqopt.search._seeds import DEFAULT_UNIFORM
-    from fqopt.search._study import complete_trials, pareto_trials
-    from fqopt.search._trial import SplitEvaluator, WeightBank, compact_report
-    from fqopt.units import discover_units
-
-    model = model if model is not None else run.model()
-    ds = run.dataset()
-    plans_dir = Path(plans_dir or run.plans_dir)
-    pareto = pareto_trials(study)
-    pareto_numbers = {t.number for t in pareto}
-    seeds = [t for t in complete_trials(study)
-             if t.user_attrs.get("fqopt:seed") and t.number not in pareto_numbers]
-    todo = list(pareto) + seeds
-    in_study = {t.user_attrs.get("fqopt:seed") for t in complete_trials(study)}
-    beside = [b for b in DEFAULT_UNIFORM if f"uniform:{b}" not in in_study]
-    total = 2 + len(todo) + len(beside) + len(UNIFORM_ALL_LAYERS)
-    step = [0]
-
-    def tick(what):
-        step[0] += 1
-        _cb(callback, "test split", step[0], total, plan=what)
-
-    bank = WeightBank(model, _plan_bits(todo)) if todo else None
-    test = SplitEvaluator(model, ds, "test", bank=bank)
-    from fqopt.search._verdict import Predictions
-
-    predictions = Predictions(test.y.numpy(), test.g.numpy(), ds.group_names)
-    fp_test = test.report(bootstrap=TEST_BOOTSTRAP)[0]
-    predictions.add("fp32", test.last_predictions)
-    tick("FP32 test")
-    search = SplitEvaluator(model, ds, "search")
-    fp = {"test": compact_report(fp_test), "search": compact_report(search.report()[0])}
-    fp["test"]["pred"] = "fp32"
-    tick("FP32 search")
-    del search
-    records, baselines = [], []
-    cache: dict[str, tuple[dict, str]] = {}
-    plans_dir.mkdir(parents=True, exist_ok=True)
-    for t in todo:
-        plan = AllocationPlan.from_dict(t.user_attrs["plan"], source=f"trial {t.number}")
-        rec = _trial_record(t)
-        key = plan_key(plan, rec["quantizer"])
-        if key not in cache:
-            rep = compact_report(test.report(plan, rec["quantizer"],
-                                             bootstrap=TEST_BOOTSTRAP)[0])
-            predictions.add(key, test.last_predictions)
-            cache[key] = (rep, key)
-        rec["test"], rec["pred"] = cache[key][0], cache[key][1]
-        if t.number in pareto_numbers:
-            idx = len(records)
-            rec["index"] = idx
-            name = plan_file_name(rec, idx)
-            rec["plan_file"] = f"plans/{name}"
-            plan.quantizer = rec["quantizer"]  # also for trials stored before plans recorded it
-            plan.meta.update(trial=t.number, quantizer=rec["quantizer"], label=rec["label"],
-                             search={k: rec["search"][k] for k in ("avg_acc", "worst_acc")},
-                             test={k: rec["test"][k] for k in ("avg_acc", "worst_acc")})
-            plan.save(plans_dir / name)
-            records.append(rec)
-        if rec["seed"]:
-            rec["pareto"] = t.number in pareto_numbers
-            baselines.append(dict(rec))
-        tick(rec["label"])
-    keep = {Path(r["plan_file"]).name for r in records}
-    for stale in plans_dir.glob("pareto-*.json"):
-        if stale.name not in keep:
-            stale.unlink(missing_ok=True)  # another worker may have removed it
-    # FairQuant's uniform baselines quantize every layer, stem and head included; the study's
-    # uniform seeds keep the pins of every other plan. Both are reported; uniform plans
-    # outside the sampled budget range are not trials (see _seeds) and are evaluated here.
-    search_eval = SplitEvaluator(model, ds, "search", bank=bank)
-    extra = []
-    if beside:
-        units = discover_units(model, "layer")
-        for b in beside:
-            extra.append((AllocationPlan.uniform(units, int(b), model=run.model_name),
-                          f"uniform {b}-bit", "uniform", f"uniform:{b}"))
-    for b in UNIFORM_ALL_LAYERS:
-        extra.append((resolve_plan(model, int(b)), f"uniform {b}-bit, all layers",
-                      "uniform-all", f"uniform-all:{b}"))
-    for plan, label, kind, seed_key in extra:
-        key = plan_key(plan, "maxabs")
-        rep = compact_report(test.report(plan, "maxabs", bootstrap=TEST_BOOTSTRAP)[0])
-        predictions.add(key, test.last_predictions)
-        rec = {"trial": None, "index": None, "label": label, "kind": kind, "seed": seed_key,
-               "params": {}, "quantizer": "maxabs", "avg_bits": float(plan.avg_bits),
-               "avg_bits_channel": plan.avg_bits_channel, "size_bytes": plan.size_bytes,
-               "objective": plan.objective, "pareto": False, "beside_study": True,
-               "search": compact_report(search_eval.report(plan, "maxabs")[0]),
-               "test": rep, "pred": key}
-        baselines.append(rec)
-        tick(label)
-    out = {"fp32": fp, "pareto": records, "baselines": baselines}
-    return (out, predictions) if with_predictions else out
-
-
-def acceptance_check(results: dict, bits: float = CHECK_BITS, uniform: int = CHECK_UNIFORM
-                     ) -> dict:
-    """Does a Pareto plan at ≤ ``bits`` average bits beat uniform ``uniform``-bit on test
-    ``worst_acc``? (The search chose the plans on the search split.) ``passed`` compares with
-    the uniform plan that keeps the pins of every plan in the study (stem and head at 8 bits);
-    ``passed_all_layers`` with FairQuant's uniform baseline (every layer at ``uniform`` bits)."""
-    def find(key):
-        return next((b for b in results.get("baselines", []) if b.get("seed") == key), None)
-
-    uni, uni_all = find(f"uniform:{uniform}"), find(f"uniform-all:{uniform}")
-    cands = [p for p in results.get("pareto", []) if p["avg_bits"] <= bits + 1e-9]
-    best = max(cands, key=lambda p: p["test"]["worst_acc"], default=None)
-    out = {"bits": bits, "uniform_bits": uniform,
-           "uniform_test_worst_acc": None if uni is None else uni["test"]["worst_acc"],
-           "uniform_avg_bits": None if uni is None else uni["avg_bits"],
-           "uniform_all_layers_test_worst_acc": None if uni_all is None else
-           uni_all["test"]["worst_acc"],
-           "best_plan": None if best is None else {
-               "index": best["index"], "trial": best["trial"], "avg_bits": best["avg_bits"],
-               "test_worst_acc": best["test"]["worst_acc"],
-               "test_avg_acc": best["test"]["avg_acc"]},
-           "plans_at_or_below": len(cands)}
-    out["passed"] = bool(uni is not None and best is not None
-                         and best["test"]["worst_acc"] > uni["test"]["worst_acc"])
-    out["passed_all_layers"] = bool(uni_all is not None and best is not None
-                                    and best["test"]["worst_acc"] > uni_all["test"]["worst_acc"])
-    return out
-
-
 # --------------------------------------------------------------------------- 5. refine
-def refine_plans(run, records: list[dict], top: int, *, seed: int = 0, callback=None,
+def refine_plans(run, records: list[PlanRecord], top: int, *, seed: int = 0, callback=None,
                  plans_dir=None, predictions=None, budget: float = CHECK_BITS,
-                 mode: str = "finetune") -> tuple[list[dict], list[str]]:
+                 mode: str = "finetune") -> tuple[list[RefinedRecord], list[str]]:
     """Refine the ``top`` Pareto plans with the best search ``worst_acc`` (then ``avg_acc``,
     then fewer bits) at most ``budget`` average bits (else overall): the first is the plan the
     summary recommends at that budget. ``mode``: a key of :data:`REFINE_MODES` (fixed-bit
-    fine-tuning, or BAQ). Skipped with a note when ``fqopt.baq`` has no ``refine``.
+    fine-tuning, or BAQ).
 
     Calls ``fqopt.baq.refine(run, plan, budget=plan.avg_bits, quantizer=q, seed=seed,
     evaluate=False, callback=cb, **REFINE_MODES[mode])``, then evaluates ``result.checkpoint``
@@ -392,26 +206,16 @@ def refine_plans(run, records: list[dict], top: int, *, seed: int = 0, callback=
     """
     if top <= 0 or not records:
         return [], []
-    try:
-        from fqopt.baq import refine
-    except ImportError as exc:
-        return [], [f"refinement skipped: fqopt.baq.refine is not available ({exc})"]
-    import torch
-
-    from fqopt.plan import AllocationPlan
-    from fqopt.search._plans import plan_key
-    from fqopt.search._trial import SplitEvaluator, compact_report
-
-    low = [r for r in records if r["avg_bits"] <= budget + 1e-9] or records
-    chosen = sorted(low, key=lambda r: (-r["search"]["worst_acc"], -r["search"]["avg_acc"],
-                                        r["avg_bits"]))[:top]
+    low = [r for r in records if r.avg_bits <= budget + 1e-9] or records
+    chosen = sorted(low, key=lambda r: (-r.search.worst_acc, -r.search.avg_acc,
+                                        r.avg_bits))[:top]
     plans_dir = Path(plans_dir or run.plans_dir)
     out, notes = [], []
     phases = {"refine": "learn bits", "fine-tune": "fine-tune"}
     for i, rec in enumerate(chosen):
-        plan = AllocationPlan.load(run.path / rec["plan_file"])
+        plan = AllocationPlan.load(run.path / rec.plan_file)
         t0 = time.perf_counter()
-        name = f"pareto-{rec['index']:02d}"
+        name = f"pareto-{rec.index:02d}"
         prefix = f"refine {name}" + (f" ({i + 1}/{len(chosen)})" if len(chosen) > 1 else "")
 
         def cb(stage, done, total, _prefix=prefix, **info):
@@ -423,10 +227,10 @@ def refine_plans(run, records: list[dict], top: int, *, seed: int = 0, callback=
                 _cb(callback, f"{_prefix}: {stage}", done, total, **info)
 
         try:
-            res = refine(run, plan, budget=plan.avg_bits, quantizer=rec["quantizer"],
+            res = refine(run, plan, budget=plan.avg_bits, quantizer=rec.quantizer,
                          seed=seed, evaluate=False, callback=cb, **REFINE_MODES[mode])
         except UserError as exc:  # the search's results stand without this refinement
-            notes.append(f"refinement ({mode}) of {rec['plan_file']} failed: {exc}")
+            notes.append(f"refinement ({mode}) of {rec.plan_file} failed: {exc}")
             continue
         new_plan = getattr(res, "plan", None) or plan
         checkpoint = getattr(res, "checkpoint", None)
@@ -437,28 +241,27 @@ def refine_plans(run, records: list[dict], top: int, *, seed: int = 0, callback=
         for split in ("search", "test"):
             _cb(callback, f"{prefix}: evaluate", 0 if split == "search" else 1, 2, split=split)
             ev = SplitEvaluator(model, run.dataset(), split)
-            reports[split] = compact_report(ev.report(
-                new_plan, rec["quantizer"], bootstrap=TEST_BOOTSTRAP if split == "test" else 0
-            )[0])
+            reports[split] = SplitFigures(compact_report(ev.report(
+                new_plan, rec.quantizer, bootstrap=TEST_BOOTSTRAP if split == "test" else 0
+            )[0]))
             if split == "test" and predictions is not None:
-                pred_key = "refined:" + plan_key(new_plan, rec["quantizer"])
+                pred_key = "refined:" + plan_key(new_plan, rec.quantizer)
                 predictions.add(pred_key, ev.last_predictions)
         _cb(callback, f"{prefix}: evaluate", 2, 2)
-        fname = (f"refined-{rec['index']:02d}-{new_plan.avg_bits:.2f}b-{mode}-"
-                 f"{rec['quantizer']}.json")
-        new_plan.quantizer = rec["quantizer"]
-        new_plan.meta.update(refined_from=rec["plan_file"], trial=rec["trial"],
-                             quantizer=rec["quantizer"],
+        fname = f"refined-{rec.index:02d}-{new_plan.avg_bits:.2f}b-{mode}-{rec.quantizer}.json"
+        new_plan.quantizer = rec.quantizer
+        new_plan.meta.update(refined_from=rec.plan_file, trial=rec.trial,
+                             quantizer=rec.quantizer,
                              checkpoint=None if checkpoint is None else str(checkpoint))
         new_plan.save(plans_dir / fname)
-        out.append({"from_index": rec["index"], "trial": rec["trial"],
-                    "label": f"{'fine-tuned' if mode == 'finetune' else 'BAQ of'} {name}",
-                    "mode": mode,
-                    "plan_file": f"plans/{fname}",
-                    "avg_bits": float(new_plan.avg_bits), "quantizer": rec["quantizer"],
-                    "size_bytes": new_plan.size_bytes, **reports, "pred": pred_key,
-                    "checkpoint": None if checkpoint is None else str(checkpoint),
-                    "seconds": time.perf_counter() - t0})
+        out.append(RefinedRecord(
+            from_index=rec.index, trial=rec.trial,
+            label=f"{'fine-tuned' if mode == 'finetune' else 'BAQ of'} {name}", mode=mode,
+            plan_file=f"plans/{fname}", avg_bits=float(new_plan.avg_bits),
+            quantizer=rec.quantizer, size_bytes=new_plan.size_bytes, search=reports["search"],
+            test=reports["test"], pred=pred_key,
+            checkpoint=None if checkpoint is None else str(checkpoint),
+            seconds=time.perf_counter() - t0))
     return out, notes
 
 
@@ -467,10 +270,6 @@ def precheck(run_dir, *, storage=None, study_name=None, granularity="channel",
              direct: bool = False, force: bool = False) -> None:
     """Fail fast, before training or profiling: an unreachable storage, or an existing study
     with other directions or of another run, is a UserError."""
-    from fqopt.runs import Run
-    from fqopt.search._storage import open_storage
-    from fqopt.search._study import check_existing
-
     if direct:
         granularity = "layer"
     existing = Run.open(run_dir) if (Path(run_dir) / "config.json").is_file() else None
@@ -513,18 +312,11 @@ def run_pipeline(run_dir="runs/default", config: PipelineConfig | None = None, *
     ``budget_range``, ``refine_mode``, ...), applied on top. ``timeout`` (seconds) bounds the
     search stage. ``force`` deletes the study (not the trained model or the tables) and starts
     the search over. ``budget`` (average bits) is where the summary recommends a plan
-    (``results['summary']``, see :func:`fqopt.search._verdict.summarize`). ``artifacts``: see
+    (``results.summary``, see :func:`fqopt.search._verdict.summarize`). ``artifacts``: see
     :func:`fqopt.search.run`; the results, the recommended plan and the report are also stored
     as artifacts of the study. Stage headers and progress go through ``callback``.
     Returns a :class:`PipelineResult`.
     """
-    from fqopt._io import write_json
-    from fqopt.search._space import SearchSpace
-    from fqopt.search._storage import default_storage_url, masked_url
-    from fqopt.search._study import ARTIFACT_DIR, artifact_store, count_states
-    from fqopt.search._study import run as run_search
-    from fqopt.search._verdict import PREDICTIONS_FILE, dashboard_command, summarize
-
     c = PipelineConfig.build(config, **overrides)
     # the stages below read the settings as local names
     n_trials, storage, study_name, sampler, seed = (c.n_trials, c.storage, c.study_name,
@@ -574,50 +366,46 @@ def run_pipeline(run_dir="runs/default", config: PipelineConfig | None = None, *
     ds = run.dataset()
     artifact_dir = (str(run.path / ARTIFACT_DIR) if artifacts is True else
                     str(artifacts) if isinstance(artifacts, (str, os.PathLike)) else None)
-    results = {
-        "schema": RESULTS_SCHEMA,
-        "study": {"name": study.study_name, "storage": masked_url(url),
-                  "dashboard": dashboard_command(masked_url(url), artifact_dir),
-                  "artifacts": artifact_dir,
-                  "n_trials": n_trials, "states": counts, "sampler": sampler, "seed": seed,
-                  "granularity": granularity, "direct": bool(direct),
-                  "methods": list(methods), "budget_range": list(budget_range)},
-        "run": {"path": str(run.path), "model": run.model_name,
-                "dataset": run.config["dataset"], "image_size": run.image_size,
-                "num_classes": run.num_classes, "groups": list(ds.group_names),
-                "splits": {s: int(len(ds.split(s))) for s in ("train", "search", "test")}},
-        **tested, "refined": [], "notes": notes,
-    }
-    results["check"] = acceptance_check(results)
-    results["summary"] = summarize(results, predictions, budget=budget, run_path=run.path)
-    results["stages"] = dict(stages)
+    results = tested
+    results.study = StudyInfo(
+        name=study.study_name, storage=masked_url(url),
+        dashboard=dashboard_command(masked_url(url), artifact_dir), artifacts=artifact_dir,
+        n_trials=n_trials, states=counts, sampler=sampler, seed=seed, granularity=granularity,
+        direct=bool(direct), methods=list(methods), budget_range=list(budget_range))
+    results.run = RunInfo(
+        path=str(run.path), model=run.model_name, dataset=run.config["dataset"],
+        image_size=run.image_size, num_classes=run.num_classes, groups=list(ds.group_names),
+        splits={s: int(len(ds.split(s))) for s in ("train", "search", "test")})
+    results.notes = notes
+    results.check = acceptance_check(results)
+    results.summary = summarize(results, predictions, budget=budget, run_path=run.path)
+    results.stages = dict(stages)
     run.reports_dir.mkdir(parents=True, exist_ok=True)
     results_path = run.reports_dir / RESULTS_FILE
-    write_json(results_path, results)  # written now: an interrupted refinement keeps it
+    # written now: an interrupted refinement keeps it
+    write_json(results_path, results.to_dict())
     predictions.save(run.reports_dir / PREDICTIONS_FILE)
 
     what = "fixed-bit fine-tuning" if refine_mode == "finetune" else "BAQ"
     detail = (f"{what} of the best {refine_top} plan(s) at ≤ {budget:g} bits" if refine_top
               else "skipped (--refine-top 0)")
     with header("refine", detail):
-        refined, more = refine_plans(run, results["pareto"], refine_top, seed=seed,
+        refined, more = refine_plans(run, results.pareto, refine_top, seed=seed,
                                      callback=callback, predictions=predictions, budget=budget,
                                      mode=refine_mode)
     notes += more
-    results.update(refined=refined, notes=notes)
-    results["summary"] = summarize(results, predictions, budget=budget, run_path=run.path)
-    results["stages"] = dict(stages)
-    write_json(results_path, results)
+    results.refined, results.notes = refined, notes
+    results.summary = summarize(results, predictions, budget=budget, run_path=run.path)
+    results.stages = dict(stages)
+    write_json(results_path, results.to_dict())
     predictions.save(run.reports_dir / PREDICTIONS_FILE)
 
     report_path = None
     if c.report:
-        from fqopt.search._report import write_report
-
         with header("report", f"HTML and figures in {run.reports_dir}"):
             report_path = write_report(run, study, results, force=True, callback=callback)
-        results["stages"] = dict(stages)
-        write_json(results_path, results)
+        results.stages = dict(stages)
+        write_json(results_path, results.to_dict())
     if store is not None:
         _study_artifacts(store, study, run, results, results_path, report_path, notes)
     return PipelineResult(run=run, study=study, results=results, results_path=results_path,
@@ -627,12 +415,10 @@ def run_pipeline(run_dir="runs/default", config: PipelineConfig | None = None, *
 def _study_artifacts(store, study, run, results, results_path, report_path, notes) -> None:
     """The results, the recommended plan and the report as artifacts of the study (shown whole
     by optuna-dashboard); a failure is a note, never the end of a finished search."""
-    from optuna.artifacts import upload_artifact
-
-    rec = (results.get("summary") or {}).get("recommended") or {}
+    rec = results.summary.recommended if results.summary else None
     files = [(results_path, "application/json")]
-    if rec.get("plan_file"):
-        files.append((run.path / rec["plan_file"], "application/json"))
+    if rec is not None and rec.plan_file:
+        files.append((run.path / rec.plan_file, "application/json"))
     if report_path is not None:
         files.append((report_path, "text/html"))
     try:

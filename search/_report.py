@@ -12,118 +12,105 @@ import datetime
 import html
 import io
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from fqopt._io import check_writable, write_bytes, write_text
 from fqopt.errors import UserError
-from fqopt.search._verdict import describe, group_rates, interval_text
+from fqopt.plan import AllocationPlan
+from fqopt.search import _plots as plots
+from fqopt.search import _visualization as vis
+from fqopt.search._results import (RESULTS_SCHEMA, PlanRecord, RunInfo, SearchResults,
+                                   StudyInfo, _opt, _Record, load_results)
+from fqopt.search._seeds import ATTR_SEED
+from fqopt.search._study import complete_trials, load_study, pareto_trials
+from fqopt.search._trial import ATTR_PLAN
+from fqopt.search._verdict import best_within, describe, group_rates, interval_text
 
 REPORT_FILE = "report.html"
 FIGURES = ("pareto_test", "pareto_search", "group_accuracy", "layer_bits", "channel_bits",
            "history", "importance")
 
 
-def results_from_study(run, study) -> dict:
-    """A results dict with search-split figures only (when the test split was not evaluated)."""
-    from fqopt.search._pipeline import _trial_record
-    from fqopt.search._study import complete_trials, pareto_trials
-
-    pareto = []
-    for i, t in enumerate(pareto_trials(study)):
-        rec = _trial_record(t, i)
-        rec["plan_file"] = None
-        pareto.append(rec)
-    numbers = {r["trial"] for r in pareto}
-    baselines = [dict(_trial_record(t), pareto=t.number in numbers)
-                 for t in complete_trials(study) if t.user_attrs.get("fqopt:seed")]
+def results_from_study(run, study) -> SearchResults:
+    """Results with search-split figures only (when the test split was not evaluated)."""
+    pareto = [PlanRecord.from_trial(t, i) for i, t in enumerate(pareto_trials(study))]
+    numbers = {r.trial for r in pareto}
+    baselines = []
+    for t in complete_trials(study):
+        if t.user_attrs.get(ATTR_SEED):
+            rec = PlanRecord.from_trial(t)
+            rec.pareto = t.number in numbers
+            baselines.append(rec)
     ds = run.dataset()
-    return {"schema": "fqopt.search-results/1", "study": {"name": study.study_name},
-            "run": {"path": str(run.path), "model": run.model_name,
-                    "dataset": run.config["dataset"], "groups": list(ds.group_names)},
-            "fp32": {}, "pareto": pareto, "baselines": baselines, "refined": [],
-            "notes": ["the test split has not been evaluated: run `fqopt search` to completion "
-                      "for test figures"]}
+    return SearchResults(
+        schema=RESULTS_SCHEMA, study=StudyInfo(name=study.study_name),
+        run=RunInfo(path=str(run.path), model=run.model_name, dataset=run.config["dataset"],
+                    groups=list(ds.group_names)),
+        pareto=pareto, baselines=baselines,
+        notes=["the test split has not been evaluated: run `fqopt search` to completion for "
+               "test figures"])
 
 
-def load_results(run) -> dict | None:
-    from fqopt._io import read_json
-    from fqopt.search._pipeline import RESULTS_FILE
-
-    path = run.reports_dir / RESULTS_FILE
-    if not path.is_file():
-        return None
-    res = read_json(path, what="search results")
-    model = (res.get("run") or {}).get("model")
-    if model is not None and model != run.model_name:
-        raise UserError(f"search results {path} are for model {model!r}, but run {run.path} "
-                        f"holds {run.model_name!r}; run `fqopt search --run {run.path} --force`")
-    return res
-
-
-def _load_plans(run, records: list[dict], study=None):
-    from fqopt.plan import AllocationPlan
-
+def _load_plans(run, chosen: list[vis.ChosenPlan], study=None):
     out = []
     trials = {}
     if study is not None:
         trials = {t.number: t for t in study.get_trials(deepcopy=False)}
-    for r in records:
-        if r.get("plan_file") and (run.path / r["plan_file"]).is_file():
-            plan = AllocationPlan.load(run.path / r["plan_file"])
-        elif r.get("trial") in trials and "plan" in trials[r["trial"]].user_attrs:
-            plan = AllocationPlan.from_dict(trials[r["trial"]].user_attrs["plan"])
+    for c in chosen:
+        r = c.record
+        if r.plan_file and (run.path / r.plan_file).is_file():
+            plan = AllocationPlan.load(run.path / r.plan_file)
+        elif r.trial in trials and ATTR_PLAN in trials[r.trial].user_attrs:
+            plan = AllocationPlan.from_dict(trials[r.trial].user_attrs[ATTR_PLAN])
         else:
             continue
-        out.append((f"pareto-{r['index']:02d}: {r.get('label', '')} ({r['avg_bits']:.2f} b)",
-                    plan))
+        out.append((f"pareto-{r.index:02d}: {r.label} ({r.avg_bits:.2f} b)", plan))
     return out
 
 
-def build_figures(run, study, results: dict) -> dict[str, object]:
+def build_figures(run, study, results: SearchResults) -> dict[str, object]:
     """Figure name -> matplotlib Figure (names from :data:`FIGURES`; some may be missing)."""
-    from fqopt.search import _visualization as vis
-
     figs = {}
-    has_test = any(r.get("test") for r in results.get("pareto", []))
-    if has_test:
-        figs["pareto_test"] = vis.plot_pareto_front(
+    if results.has_test:
+        figs["pareto_test"] = plots.plot_pareto_front(
             vis.pareto_front_info(results, split="test"))
-    figs["pareto_search"] = vis.plot_pareto_front(
+    figs["pareto_search"] = plots.plot_pareto_front(
         vis.pareto_front_info(results, split="search", study=study))
     chosen = vis.chosen_plans(results)
-    figs["group_accuracy"] = vis.plot_group_accuracy(
-        vis.group_accuracy_info(results, split="test" if has_test else "search", chosen=chosen))
+    figs["group_accuracy"] = plots.plot_group_accuracy(
+        vis.group_accuracy_info(results, split="test" if results.has_test else "search",
+                                chosen=chosen))
     plans = _load_plans(run, chosen, study)
     if plans:
         # the heat map shows a mixed-precision plan: the one chosen at ≤ 4.5 bits, else the
         # nearest cap (a uniform plan would be one flat colour)
-        order = sorted(range(len(chosen)), key=lambda i: abs(chosen[i]["cap"] - 4.5))
-        mixed = [i for i in order if chosen[i].get("kind") != "uniform"]
+        order = sorted(range(len(chosen)), key=lambda i: abs(chosen[i].cap - 4.5))
+        mixed = [i for i in order if chosen[i].record.kind != "uniform"]
         idx = (mixed or order or [0])[0]
         info = vis.layer_bits_info(plans, heatmap_index=min(idx, len(plans) - 1))
-        figs["layer_bits"] = vis.plot_layer_bits(info)
+        figs["layer_bits"] = plots.plot_layer_bits(info)
         if plans[0][1].granularity == "channel":
-            figs["channel_bits"] = vis.plot_channel_heatmap(info)
+            figs["channel_bits"] = plots.plot_channel_heatmap(info)
     if study is not None:
-        figs["history"] = vis.plot_history(vis.history_info(study, target=1))
-        figs["importance"] = vis.plot_importance(vis.importance_info(study))
+        figs["history"] = plots.plot_history(vis.history_info(study, target=1))
+        figs["importance"] = plots.plot_importance(vis.importance_info(study))
     return figs
 
 
-def write_report(run, study, results: dict | None = None, *, force: bool = False,
+def write_report(run, study, results: SearchResults | None = None, *, force: bool = False,
                  callback=None, out_dir=None) -> Path:
     """Write the PNGs and ``report.html`` into ``out_dir`` (default ``RUN/reports``).
 
     Refuses to replace an existing ``report.html`` unless ``force``. Returns the HTML path.
     """
-    from fqopt._io import check_writable, write_bytes, write_text
-
     out_dir = Path(out_dir or run.reports_dir)
     html_path = out_dir / REPORT_FILE
     check_writable(html_path, force, what="report")
     if results is None:
         results = load_results(run) or results_from_study(run, study)
     figs = build_figures(run, study, results)
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # deferred: matplotlib loads only when a report is drawn
 
     pngs: dict[str, bytes] = {}
     total = len(figs) + 1
@@ -182,9 +169,10 @@ def _img(pngs: dict, name: str, alt: str) -> str:
     return f"<img alt='{html.escape(alt)}' src='data:image/png;base64,{data}'>"
 
 
-def _rep(rec, split, key):
-    rep = rec.get(split) or {}
-    return rep.get(key)
+def _rep(rec, split: str, key: str):
+    """One figure of a record on a split (None when that split was not evaluated)."""
+    rep = rec.figures(split) if rec is not None else None
+    return rep.get(key) if rep else None
 
 
 def _kib(n):
@@ -199,74 +187,75 @@ def _with_ci(v, ci) -> str:
     return f"{v:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"
 
 
-def _marks(results: dict) -> dict:
+def _marks(results: SearchResults) -> dict:
     """Pareto index -> the budgets at which it is the recommended plan, as text (``3.5, 4``)."""
     out: dict[int, list[float]] = {}
-    for m in (results.get("summary") or {}).get("by_budget", []):
-        if m.get("index") is not None:
-            out.setdefault(m["index"], []).append(float(m["budget"]))
+    for m in (results.summary.by_budget if results.summary else []):
+        if m.index is not None:
+            out.setdefault(m.index, []).append(float(m.budget))
     return {k: ", ".join(f"{b:g}" for b in sorted(v)) for k, v in out.items()}
 
 
-def _verdict_html(results: dict) -> str:
+def _verdict_html(results: SearchResults) -> str:
     """The decision on top of the page: which plan to deploy, against the best baseline."""
-    s = results.get("summary")
+    s = results.summary
     if not s:
         return ""
-    budget = s.get("budget", 4.0)
-    rec, base, cmp = s.get("recommended"), s.get("best_baseline"), s.get("comparison")
+    budget = s.budget
+    rec, base, cmp = s.recommended, s.best_baseline, s.comparison
     out = ["<h2>Verdict</h2>"]
     if rec is None:
         out.append(f"<p class='bad'>No Pareto plan at ≤ {budget:g} average bits.</p>")
         return "".join(out)
-    name = (rec.get("plan_file") or "").rsplit("/", 1)[-1]
+    name = (rec.plan_file or "").rsplit("/", 1)[-1]
     out.append(f"<p><b>Deploy this plan at ≤ {budget:g} average bits:</b> "
-               f"<code>{html.escape(name)}</code> ({html.escape(str(rec.get('label')))}, "
-               f"{rec['avg_bits']:.2f} bits, {_kib(rec.get('size_bytes'))} KiB of weights), "
-               f"chosen on the search split (worst_acc {rec['search']['worst_acc']:.3f}). On "
-               f"the test split: worst_acc {interval_text(rec.get('test'), 'worst_acc')}, "
-               f"avg_acc {interval_text(rec.get('test'), 'avg_acc')}.</p>")
+               f"<code>{html.escape(name)}</code> ({html.escape(str(rec.label))}, "
+               f"{rec.avg_bits:.2f} bits, {_kib(rec.size_bytes)} KiB of weights), "
+               f"chosen on the search split (worst_acc {rec.search.worst_acc:.3f}). On "
+               f"the test split: worst_acc {interval_text(rec.test, 'worst_acc')}, "
+               f"avg_acc {interval_text(rec.test, 'avg_acc')}.</p>")
     if base is not None:
-        w = (cmp or {}).get("worst_acc") or {}
-        cls = {"better": "ok", "worse": "bad"}.get(w.get("verdict"), "")
-        how = "paired bootstrap over the test images" if cmp and "paired" in cmp.get(
-            "method", "") else "unpaired intervals"
+        w = None if cmp is None else cmp.worst_acc
+        result = None if w is None else w.verdict
+        cls = {"better": "ok", "worse": "bad"}.get(result, "")
+        how = ("paired bootstrap over the test images" if cmp and cmp.paired
+               else "unpaired intervals")
         word = {"better": "better than", "worse": "worse than",
-                "tie": "a tie with"}.get(w.get("verdict"), "compared with")
+                "tie": "a tie with"}.get(result, "compared with")
         out.append(f"<p class='{cls}'>Against the best baseline at ≤ {budget:g} bits (the "
                    "strongest test worst_acc among uniform, FairQuant and HAWQ-style plans), "
-                   f"{html.escape(base['label'])} ({base['avg_bits']:.2f} bits; test worst_acc "
-                   f"{interval_text(base.get('test'), 'worst_acc')}): {word} it. "
+                   f"{html.escape(base.label)} ({base.avg_bits:.2f} bits; test worst_acc "
+                   f"{interval_text(base.test, 'worst_acc')}): {word} it. "
                    f"Recommended − baseline ({how}, 95 %): worst_acc "
                    f"{html.escape(describe(cmp, 'worst_acc'))}; avg_acc "
                    f"{html.escape(describe(cmp, 'avg_acc'))}.</p>")
-    for r in s.get("refined") or []:
-        out.append(f"<p>{html.escape(str(r.get('label')))} ({r.get('avg_bits', 0):.2f} bits): "
-                   f"test worst_acc {interval_text(r.get('test'), 'worst_acc')} against "
-                   f"{interval_text(r.get('source_test'), 'worst_acc')} before refinement: "
-                   f"{html.escape(describe(r.get('comparison'), 'worst_acc'))}"
+    for r in s.refined:
+        out.append(f"<p>{html.escape(str(r.label))} ({r.avg_bits or 0:.2f} bits): "
+                   f"test worst_acc {interval_text(r.test, 'worst_acc')} against "
+                   f"{interval_text(r.source_test, 'worst_acc')} before refinement: "
+                   f"{html.escape(describe(r.comparison, 'worst_acc'))}"
                    + (" — deploy the refined model (fine-tuning is fqopt's default; the test "
-                      "split never chooses)." if r.get("use_refined") else
+                      "split never chooses)." if r.use_refined else
                       " — the search split prefers the static plan: deploy it.") + "</p>")
-    if s.get("export_command"):
-        out.append(f"<p>Export: <code>{html.escape(s['export_command'])}</code></p>")
-    st = results.get("study") or {}
-    if st.get("dashboard"):
-        out.append(f"<p>Study: <code>{html.escape(str(st.get('storage')))}</code>; open it "
-                   f"with <code>{html.escape(st['dashboard'])}</code> (plans and reports are "
+    if s.export_command:
+        out.append(f"<p>Export: <code>{html.escape(s.export_command)}</code></p>")
+    st = results.study
+    if st.dashboard:
+        out.append(f"<p>Study: <code>{html.escape(str(st.storage))}</code>; open it "
+                   f"with <code>{html.escape(st.dashboard)}</code> (plans and reports are "
                    "stored whole as artifacts of each trial).</p>")
     return "".join(out)
 
 
-def _rates_html(results: dict) -> str:
+def _rates_html(results: SearchResults) -> str:
     """Per-group sensitivity and specificity (one class against the rest) of the recommended
     plan at each budget, on the test split."""
-    by_index = {r["index"]: r for r in results.get("pareto", [])}
+    by_index = {r.index: r for r in results.pareto}
     marks = _marks(results)
     out = []
     for index, budget in sorted(marks.items(), key=lambda kv: float(kv[1].split(",")[0])):
         rec = by_index.get(index)
-        rates = group_rates((rec or {}).get("test") or {})
+        rates = group_rates(rec.test) if rec is not None and rec.test else {}
         if not rates:
             continue
         classes = list(next(iter(rates.values())))
@@ -279,7 +268,7 @@ def _rates_html(results: dict) -> str:
                              + ("–" if spec is None else f"{spec:.2f}"))
             rows.append([g, *cells])
         out.append(f"<h3>Recommended at ≤ {budget} bits: pareto-{index:02d} "
-                   f"({html.escape(str(rec.get('label')))}, {rec['avg_bits']:.2f} b)</h3>"
+                   f"({html.escape(str(rec.label))}, {rec.avg_bits:.2f} b)</h3>"
                    + _table(["group", *[f"{c}: sens / spec" for c in classes]], rows))
     if not out:
         return ""
@@ -288,30 +277,27 @@ def _rates_html(results: dict) -> str:
             "class against the others, per group.</p>" + "".join(out))
 
 
-def render_html(results: dict, pngs: dict[str, bytes], study=None) -> str:
-    run = results.get("run", {})
-    st = results.get("study", {})
-    ds = run.get("dataset") or {}
-    has_test = any(r.get("test") for r in results.get("pareto", []))
+def render_html(results: SearchResults, pngs: dict[str, bytes], study=None) -> str:
+    run, st = results.run, results.study
+    ds = run.dataset or {}
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>fqopt report: "
-             f"{html.escape(str(run.get('model')))}</title><style>{_CSS}</style></head><body>"]
-    parts.append(f"<h1>fqopt search report</h1><small>{html.escape(str(run.get('path', '')))}"
+             f"{html.escape(str(run.model))}</title><style>{_CSS}</style></head><body>"]
+    parts.append(f"<h1>fqopt search report</h1><small>{html.escape(str(run.path or ''))}"
                  f" · written {datetime.datetime.now():%Y-%m-%d %H:%M}</small>")
-    fp = results.get("fp32") or {}
+    fp = results.fp32
     info_rows = [
-        ["model", run.get("model")], ["dataset", ds.get("name") if isinstance(ds, dict) else ds],
+        ["model", run.model], ["dataset", ds.get("name") if isinstance(ds, dict) else ds],
         ["dataset options", ", ".join(f"{k}={v}" for k, v in (ds.get("options") or {}).items())
          if isinstance(ds, dict) else ""],
-        ["image size", run.get("image_size")], ["classes", run.get("num_classes")],
-        ["groups", ", ".join(run.get("groups") or [])],
-        ["split sizes", ", ".join(f"{k} {v}" for k, v in (run.get("splits") or {}).items())],
-        ["study", f"{st.get('name')} ({st.get('storage', '')})"],
-        ["trials", ", ".join(f"{k} {v}" for k, v in (st.get("states") or {}).items() if v)],
-        ["sampler", f"{st.get('sampler')} (seed {st.get('seed')})"],
-        ["granularity", f"{st.get('granularity')}" + (" (direct)" if st.get("direct") else "")],
-        ["sensitivity methods", ", ".join(st.get("methods") or [])],
-        ["budget range",
-         "–".join(str(b) for b in st.get("budget_range") or []) + " average bits"],
+        ["image size", run.image_size], ["classes", run.num_classes],
+        ["groups", ", ".join(run.groups)],
+        ["split sizes", ", ".join(f"{k} {v}" for k, v in run.splits.items())],
+        ["study", f"{st.name} ({st.storage or ''})"],
+        ["trials", ", ".join(f"{k} {v}" for k, v in st.states.items() if v)],
+        ["sampler", f"{st.sampler} (seed {st.seed})"],
+        ["granularity", f"{st.granularity}" + (" (direct)" if st.direct else "")],
+        ["sensitivity methods", ", ".join(st.methods)],
+        ["budget range", "–".join(str(b) for b in st.budget_range) + " average bits"],
     ]
     parts.append(_table(["", ""], [r for r in info_rows if r[1] not in (None, "")]))
     parts.append("<div class='note'>The <b>search</b> split chose the plans (every trial was "
@@ -320,23 +306,23 @@ def render_html(results: dict, pngs: dict[str, bytes], study=None) -> str:
                  "accuracies, <code>worst_acc</code> the lowest group accuracy; bits are averaged "
                  "over quantized weights (pinned stem and head at 8 bits included).</div>")
     parts.append(_verdict_html(results))
-    check = results.get("check")
-    if check and check.get("best_plan") and check.get("uniform_test_worst_acc") is not None:
-        b = check["best_plan"]
-        cls = "ok" if check["passed"] else "bad"
-        every = check.get("uniform_all_layers_test_worst_acc")
+    check = results.check
+    if check and check.best_plan and check.uniform_test_worst_acc is not None:
+        b = check.best_plan
+        cls = "ok" if check.passed else "bad"
+        every = check.uniform_all_layers_test_worst_acc
         parts.append(
-            f"<p class='{cls}'>README's check: best Pareto plan at ≤ {check['bits']} average bits "
+            f"<p class='{cls}'>README's check: best Pareto plan at ≤ {check.bits} average bits "
             f"(pareto-{b['index']:02d}, {b['avg_bits']:.2f} b): test worst_acc "
-            f"{b['test_worst_acc']:.4f} vs uniform {check['uniform_bits']}-bit "
-            f"{check['uniform_test_worst_acc']:.4f} (stem and head at 8 bits, "
-            f"{check['uniform_avg_bits']:.2f} b)"
+            f"{b['test_worst_acc']:.4f} vs uniform {check.uniform_bits}-bit "
+            f"{check.uniform_test_worst_acc:.4f} (stem and head at 8 bits, "
+            f"{check.uniform_avg_bits:.2f} b)"
             + ("" if every is None else f" and {every:.4f} (every layer at "
-                                         f"{check['uniform_bits']} bits, FairQuant's baseline)")
+                                         f"{check.uniform_bits} bits, FairQuant's baseline)")
             + ".</p>")
     if fp:
-        rows = [[s, interval_text(fp.get(s), "accuracy"), interval_text(fp.get(s), "avg_acc"),
-                 interval_text(fp.get(s), "worst_acc"), (fp.get(s) or {}).get("worst_group")]
+        rows = [[s, interval_text(fp[s], "accuracy"), interval_text(fp[s], "avg_acc"),
+                 interval_text(fp[s], "worst_acc"), fp[s].worst_group]
                 for s in ("search", "test") if fp.get(s)]
         parts.append("<h2>FP32 baseline</h2>" + _table(
             ["split", "accuracy", "avg_acc", "worst_acc", "worst group"], rows))
@@ -346,14 +332,14 @@ def render_html(results: dict, pngs: dict[str, bytes], study=None) -> str:
     parts.append(_img(pngs, "pareto_search", "Pareto front, search split"))
     rows = []
     marks = _marks(results)
-    for r in results.get("pareto", []):
-        mark = marks.get(r["index"])
-        name = f"pareto-{r['index']:02d}" + (f" ★ ≤ {mark} b" if mark is not None else "")
-        rows.append([name, r["trial"], r["label"], r["avg_bits"], _kib(r.get("size_bytes")),
+    for r in results.pareto:
+        mark = marks.get(r.index)
+        name = f"pareto-{r.index:02d}" + (f" ★ ≤ {mark} b" if mark is not None else "")
+        rows.append([name, r.trial, r.label, r.avg_bits, _kib(r.size_bytes),
                      _rep(r, "search", "avg_acc"), _rep(r, "search", "worst_acc"),
-                     interval_text(r.get("test"), "avg_acc"),
-                     interval_text(r.get("test"), "worst_acc"), _rep(r, "test", "worst_group"),
-                     (r.get("plan_file") or "").rsplit("/", 1)[-1]])
+                     interval_text(r.test, "avg_acc"),
+                     interval_text(r.test, "worst_acc"), _rep(r, "test", "worst_group"),
+                     (r.plan_file or "").rsplit("/", 1)[-1]])
     parts.append("<p>★ marks the plan recommended at each budget (the best <i>search</i> "
                  "worst_acc at or below it). Test figures with 95 % bootstrap intervals "
                  "(images resampled within each group).</p>")
@@ -363,38 +349,35 @@ def render_html(results: dict, pngs: dict[str, bytes], study=None) -> str:
                         left=3))
 
     parts.append("<h2>Baselines</h2>")
-    rows = [[b["label"], "beside" if b.get("trial") is None else b["trial"], b["avg_bits"],
-             _kib(b.get("size_bytes")), _rep(b, "search", "avg_acc"),
-             _rep(b, "search", "worst_acc"), interval_text(b.get("test"), "avg_acc"),
-             interval_text(b.get("test"), "worst_acc"), "yes" if b.get("pareto") else ""]
-            for b in sorted(results.get("baselines", []), key=lambda b: (b["kind"],
-                                                                         b["avg_bits"]))]
+    rows = [[b.label, "beside" if b.trial is None else b.trial, b.avg_bits,
+             _kib(b.size_bytes), _rep(b, "search", "avg_acc"),
+             _rep(b, "search", "worst_acc"), interval_text(b.test, "avg_acc"),
+             interval_text(b.test, "worst_acc"), "yes" if b.pareto else ""]
+            for b in sorted(results.baselines, key=lambda b: (b.kind, b.avg_bits))]
     parts.append("<p>Trial “beside”: evaluated beside the study (FairQuant's every-layer "
                  "uniform plans, and uniform plans outside the sampled budget range).</p>")
     parts.append(_table(["baseline", "trial", "avg bits", "weights (KiB)", "search avg_acc",
                          "search worst_acc", "test avg_acc [95 %]", "test worst_acc [95 %]",
                          "on the front"], rows))
-    if results.get("refined"):
-        summ = {r.get("plan_file"): r for r in (results.get("summary") or {}).get("refined", [])}
+    if results.refined:
+        summ = {r.plan_file: r for r in (results.summary.refined if results.summary else [])}
         rows = []
-        for r in results["refined"]:
-            cmp = (summ.get(r.get("plan_file")) or {}).get("comparison")
-            rows.append([r["label"], r["avg_bits"], _kib(r.get("size_bytes")),
-                         interval_text(r.get("test"), "avg_acc"),
-                         interval_text(r.get("test"), "worst_acc"),
-                         describe(cmp, "worst_acc"), (r.get("plan_file") or "").rsplit("/", 1)[-1]])
+        for r in results.refined:
+            verdict = summ.get(r.plan_file)
+            cmp = None if verdict is None else verdict.comparison
+            rows.append([r.label, r.avg_bits, _kib(r.size_bytes),
+                         interval_text(r.test, "avg_acc"), interval_text(r.test, "worst_acc"),
+                         describe(cmp, "worst_acc"), (r.plan_file or "").rsplit("/", 1)[-1]])
         parts.append("<h2>Refined plans (fine-tuned or BAQ)</h2>" + _table(
             ["plan", "avg bits", "weights (KiB)", "test avg_acc [95 %]", "test worst_acc [95 %]",
              "worst_acc − its source (paired)", "file (plans/)"], rows))
-
-    from fqopt.search._visualization import chosen_plans, group_accuracy_info
 
     parts.append("<h2>Per-group accuracy</h2>")
     parts.append("<p>Chosen plans: for each cap on average bits (3, 3.5, 4, 4.5, 5.5), the Pareto "
                  "plan with the best <i>search</i> worst_acc within it.</p>")
     parts.append(_img(pngs, "group_accuracy", "per-group accuracy"))
-    ginfo = group_accuracy_info(results, split="test" if has_test else "search",
-                                chosen=chosen_plans(results))
+    ginfo = vis.group_accuracy_info(results, split="test" if results.has_test else "search",
+                                    chosen=vis.chosen_plans(results))
     rows = []
     for i, (label, accs) in enumerate(ginfo.series):
         ci = ginfo.intervals[i] if i < len(ginfo.intervals) else [None] * len(accs)
@@ -408,27 +391,25 @@ def render_html(results: dict, pngs: dict[str, bytes], study=None) -> str:
     parts.append("<h2>Optuna</h2>")
     parts.append(_img(pngs, "history", "optimisation history"))
     parts.append(_img(pngs, "importance", "parameter importances"))
-    stages = results.get("stages") or {}
+    stages = results.stages or {}
     if stages:
         parts.append("<h2>Run time</h2>" + _table(
             ["stage", "seconds"], [[k, float(v)] for k, v in stages.items()]))
-    notes = results.get("notes") or []
-    if notes:
-        parts.append("<h2>Notes</h2><ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes)
-                     + "</ul>")
+    if results.notes:
+        parts.append("<h2>Notes</h2><ul>" + "".join(f"<li>{html.escape(n)}</li>"
+                                                    for n in results.notes) + "</ul>")
     parts.append("</body></html>")
     return "\n".join(parts)
 
 
-def open_search(run, *, storage: str | None = None, study_name: str | None = None):
+def open_search(run, *, storage: str | None = None, study_name: str | None = None
+                ) -> tuple[object, SearchResults | None]:
     """``(study or None, results or None)`` of a run's search, for ``show`` and ``report``.
 
     The study comes from ``storage`` (default: the run's ``study.db``); without an explicit
     storage and with no ``study.db``, only the results file is used (a study on a shared server
     needs ``--storage`` and ``--study``). Neither present is a UserError.
     """
-    from fqopt.search._study import load_study
-
     results = load_results(run)
     study = None
     if storage is not None or study_name is not None or run.study_path.is_file():
@@ -440,27 +421,57 @@ def open_search(run, *, storage: str | None = None, study_name: str | None = Non
     return study, results
 
 
-def pareto_rows(run, study=None, results: dict | None = None) -> list[dict]:
-    """The Pareto plans, one dict each: the study's current front when the study is at hand,
+@dataclass
+class ParetoRow(_Record):
+    """One line of ``fqopt show`` and of the search's closing table (``to_dict``: its JSON)."""
+
+    index: int | None
+    trial: int | None
+    label: str | None
+    kind: str | None
+    avg_bits: float
+    size_bytes: int | None
+    search_avg_acc: float | None
+    search_worst_acc: float | None
+    test_avg_acc: float | None
+    test_worst_acc: float | None
+    method: str | None
+    lam: float | None = field(metadata={"key": "lambda"})
+    quantizer: str | None = None
+    plan_file: str | None = None
+    #: set by :func:`mark_recommended`
+    recommended: bool | None = field(default=None, metadata=_opt())
+
+
+def pareto_rows(run, study=None, results: SearchResults | None = None) -> list[ParetoRow]:
+    """The Pareto plans, one row each: the study's current front when the study is at hand,
     with the test figures of the last re-evaluation attached by trial number."""
-    by_trial = {r["trial"]: r for r in (results or {}).get("pareto", [])}
-    if study is not None:
-        records = results_from_study(run, study)["pareto"]
-    else:
-        records = list((results or {}).get("pareto", []))
+    known = [] if results is None else results.pareto
+    by_trial = {r.trial: r for r in known}
+    records = results_from_study(run, study).pareto if study is not None else list(known)
     rows = []
     for r in records:
-        old = by_trial.get(r["trial"], {})
-        params = r.get("params") or {}
-        rows.append({
-            "index": r.get("index"), "trial": r["trial"], "label": r.get("label"),
-            "kind": r.get("kind"), "avg_bits": r["avg_bits"], "size_bytes": r.get("size_bytes"),
-            "search_avg_acc": _rep(r, "search", "avg_acc"),
-            "search_worst_acc": _rep(r, "search", "worst_acc"),
-            "test_avg_acc": _rep(old, "test", "avg_acc"),
-            "test_worst_acc": _rep(old, "test", "worst_acc"),
+        old = by_trial.get(r.trial)
+        rows.append(ParetoRow(
+            index=r.index, trial=r.trial, label=r.label, kind=r.kind, avg_bits=r.avg_bits,
+            size_bytes=r.size_bytes,
+            search_avg_acc=_rep(r, "search", "avg_acc"),
+            search_worst_acc=_rep(r, "search", "worst_acc"),
+            test_avg_acc=_rep(old, "test", "avg_acc"),
+            test_worst_acc=_rep(old, "test", "worst_acc"),
             # a baseline's parameters only place it in the space; show what it really used
-            "method": None if r.get("kind") == "uniform" else params.get("method"),
-            "lambda": params.get("lambda") if r.get("kind") in ("sampled", "ladder") else None,
-            "quantizer": params.get("quantizer"), "plan_file": old.get("plan_file")})
+            method=None if r.kind == "uniform" else r.params.get("method"),
+            lam=r.params.get("lambda") if r.kind in ("sampled", "ladder") else None,
+            quantizer=r.params.get("quantizer"), plan_file=None if old is None else old.plan_file))
     return rows
+
+
+def mark_recommended(rows: list[ParetoRow], budget: float) -> ParetoRow | None:
+    """The row recommended at ≤ ``budget`` average bits by the summary's rule (best search
+    worst_acc, then avg_acc, then fewer bits), over the rows shown; sets every row's
+    ``recommended``."""
+    best = best_within(rows, budget, lambda r: None if r.search_worst_acc is None else
+                       (r.search_worst_acc, r.search_avg_acc))
+    for r in rows:
+        r.recommended = best is not None and r.trial == best.trial
+    return best

@@ -25,6 +25,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from fqopt.search._plans import build_plan
+
 DEFAULT_LADDER = (2.5, 3.0, 3.5, 4.0, 4.5, 5.0, 6.0)
 DEFAULT_UNIFORM = (2, 3, 4, 6, 8)
 #: FairQuant baselines: (method, combine rule); budgets None = FairQuant's own shares
@@ -90,8 +92,6 @@ def default_seeds(space, maker, *, ladder=DEFAULT_LADDER, uniform=DEFAULT_UNIFOR
             if b is None:
                 # FairQuant's shares (0.2/0.4/0.4 of the units at 2/4/8 bits) give 5.2 bits per
                 # unit but far fewer per weight: the parameter is the plan's real average bits
-                from fqopt.search._plans import build_plan
-
                 options = {"combine": combine}
                 real = float(build_plan(maker, "quantile", {"method": method}, options)
                              .avg_bits)
@@ -114,8 +114,6 @@ def default_seeds(space, maker, *, ladder=DEFAULT_LADDER, uniform=DEFAULT_UNIFOR
 def direct_seeds(space, maker, solver_space, **kwargs) -> list[SeedTrial]:
     """Seeds for a direct (per-layer bits) study: the default seeds, built once with the solver
     space and written as per-layer bits parameters."""
-    from fqopt.search._plans import build_plan
-
     out = []
     for seed in default_seeds(solver_space, maker, **kwargs):
         plan = build_plan(maker, seed.builder, seed.params, seed.options)

@@ -21,7 +21,10 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
+from optuna.distributions import CategoricalDistribution, FloatDistribution
+
 from fqopt.errors import UserError
+from fqopt.quantizers import QUANTIZERS
 
 DEFAULT_METHODS = ("fisher", "gradient", "grape")
 # mse: per-channel clipping by weight MSE; on benchmarks/frontier.py it keeps 1.3-5.5 points
@@ -60,8 +63,6 @@ class SearchSpace:
             raise UserError("the search needs at least one sensitivity method")
         if len(set(self.methods)) != len(self.methods):
             raise UserError(f"sensitivity methods listed twice: {list(self.methods)}")
-        from fqopt.quantizers import QUANTIZERS
-
         bad = [q for q in self.quantizers if q not in QUANTIZERS]
         if bad or not self.quantizers:
             raise UserError(f"quantizers {bad or '[]'} are not known; expected some of "
@@ -70,8 +71,6 @@ class SearchSpace:
         object.__setattr__(self, "quantizers", tuple(self.quantizers))
 
     def distributions(self) -> dict:
-        from optuna.distributions import CategoricalDistribution, FloatDistribution
-
         lo, hi = self.budget_range
         return {
             "budget": FloatDistribution(lo, hi, step=self.budget_step),
@@ -141,8 +140,6 @@ class DirectSpace:
         return f"bits:{layer}"
 
     def distributions(self) -> dict:
-        from optuna.distributions import CategoricalDistribution
-
         out = {self.param_name(n): CategoricalDistribution(list(self.bits)) for n in self.layers}
         out["quantizer"] = CategoricalDistribution(list(self.quantizers))
         return out
@@ -157,8 +154,6 @@ class DirectSpace:
 
 def suggest(trial, name: str, dist):
     """Ask ``trial`` for ``name`` with the public ``suggest_*`` matching ``dist``."""
-    from optuna.distributions import CategoricalDistribution, FloatDistribution
-
     if isinstance(dist, FloatDistribution):
         return trial.suggest_float(name, dist.low, dist.high, step=dist.step, log=dist.log)
     if isinstance(dist, CategoricalDistribution):

@@ -11,11 +11,21 @@ machine) is marked failed after :data:`GRACE_PERIOD` seconds and its slot is run
 
 from __future__ import annotations
 
+import random
 import re
+import sqlite3
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import unquote
 
+import optuna
+from optuna.exceptions import DuplicatedStudyError
+from sqlalchemy import event
+from sqlalchemy import exc as sa_exc
+
+from fqopt._version import __version__
 from fqopt.errors import UserError
 
 #: objectives of every fqopt study, in order
@@ -33,6 +43,14 @@ HEARTBEAT_INTERVAL = 5
 GRACE_PERIOD = 20
 #: how long a second worker waits for the first one to finish setting a new study up
 SETUP_WAIT = 60.0
+
+
+def quiet_optuna() -> None:
+    """Optuna logs every trial at INFO and warns about experimental features fqopt relies on
+    (heartbeats, metric names, constraints); a caller with its own progress display (the CLI)
+    silences both."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 
 def default_storage_url(run_dir) -> str:
@@ -56,8 +74,6 @@ def url_secrets(url: str) -> list[str]:
     values = set()
     for v in found:
         if v:
-            from urllib.parse import unquote
-
             values.update({v, unquote(v)})
     return sorted(values, key=len, reverse=True)
 
@@ -98,10 +114,6 @@ def _first_line(exc: BaseException) -> str:
 
 def open_storage(url: str, *, heartbeat: bool = True):
     """An Optuna ``RDBStorage`` for ``url``; any failure to reach or read it is a UserError."""
-    import warnings
-
-    import optuna
-
     if not isinstance(url, str) or "://" not in url:
         raise UserError(f"storage {url!r} is not a database URL; expected e.g. "
                         "sqlite:///runs/demo/study.db or postgresql+psycopg://user@host/db")
@@ -132,12 +144,6 @@ def _create_rdb(url: str, kwargs: dict, attempts: int = 6):
     """``RDBStorage(url)``. Workers started together on an empty database all create Optuna's
     tables at once; on PostgreSQL the losers fail with a duplicate-key or duplicate-table error.
     Those are retried (the tables exist by then); any other error is raised at once."""
-    import random
-    import warnings
-
-    import optuna
-    from sqlalchemy import exc as sa_exc
-
     for attempt in range(attempts):
         try:
             with warnings.catch_warnings():
@@ -153,8 +159,6 @@ def _sqlite_wal(path: Path) -> None:
     """Write-ahead logging for a study file: several processes read while one writes, and a
     commit is an append, not a rewrite (WAL mode is stored in the file; it is not for network
     file systems)."""
-    import sqlite3
-
     con = sqlite3.connect(str(path), timeout=60)
     try:
         con.execute("PRAGMA journal_mode=WAL")
@@ -166,8 +170,6 @@ def _sqlite_fast_commits(storage) -> None:
     """``synchronous=NORMAL`` on every connection: in WAL mode a commit survives a killed
     process (only a power cut may lose the last ones) and costs no fsync. A trial makes about
     twenty small commits; on a slow disk, fsyncs would cost more than the trial's solve."""
-    from sqlalchemy import event
-
     def on_connect(dbapi_connection, _record):
         dbapi_connection.execute("PRAGMA synchronous=NORMAL")
 
@@ -202,11 +204,6 @@ def open_study(storage, study_name: str, *, sampler, identity: dict, settings: d
 
     Raises UserError for other directions (naming both), another model or another granularity.
     """
-    import warnings
-
-    import optuna
-    from optuna.exceptions import DuplicatedStudyError
-
     url = getattr(storage, "url", "?")
     if force:
         try:
@@ -224,8 +221,6 @@ def open_study(storage, study_name: str, *, sampler, identity: dict, settings: d
                         f"{type(exc).__name__}: {scrub(_first_line(exc), url)}") from None
 
     if created:
-        from fqopt._version import __version__
-
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names(list(METRIC_NAMES))

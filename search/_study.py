@@ -29,15 +29,21 @@ import time
 import warnings
 from collections.abc import Callable
 
+import optuna
+from optuna.artifacts import FileSystemArtifactStore
+from optuna.trial import TrialState
+
 from fqopt._registry import Registry
 from fqopt.errors import UserError
+from fqopt.runs import Run
 from fqopt.search import _storage
+from fqopt.search._defaults import DEFAULT_TRIALS
 from fqopt.search._plans import PlanMaker
 from fqopt.search._seeds import ATTR_SEED, SeedTrial, default_seeds, direct_seeds
 from fqopt.search._space import DirectSpace, SearchSpace
 from fqopt.search._trial import ATTR_CONSTRAINT, SplitEvaluator, TrialObjective, WeightBank
+from fqopt.sensitivity import SensitivityTable
 
-DEFAULT_TRIALS = 100
 DEFAULT_POPULATION = 20
 #: seconds between checks while other workers finish the last trials
 POLL_SECONDS = 2.0
@@ -59,8 +65,6 @@ def _constraints(frozen_trial) -> list[float]:
 
 @register_sampler("nsga2")
 def _nsga2(*, seed, constrained: bool, population_size: int | None):
-    import optuna
-
     return optuna.samplers.NSGAIISampler(
         seed=seed, population_size=population_size or DEFAULT_POPULATION,
         constraints_func=_constraints if constrained else None)
@@ -68,8 +72,6 @@ def _nsga2(*, seed, constrained: bool, population_size: int | None):
 
 @register_sampler("tpe")
 def _tpe(*, seed, constrained: bool, population_size: int | None):
-    import optuna
-
     return optuna.samplers.TPESampler(seed=seed, n_startup_trials=10,
                                       constraints_func=_constraints if constrained else None)
 
@@ -78,8 +80,6 @@ def make_sampler(name: str, *, seed: int | None, constrained: bool = False,
                  population_size: int | None = None):
     """``nsga2`` (default) or ``tpe``, seeded. ``constrained``: direct mode's budget range
     (Optuna ≥ 5 reads the constraints each trial sets; older versions need the function)."""
-    import optuna
-
     factory = SAMPLERS.get(name)
     if hasattr(optuna.trial.Trial, "set_constraint"):
         constrained = False
@@ -112,8 +112,6 @@ def default_study_name(model_name: str, granularity: str, direct: bool = False) 
 
 
 def _as_tables(tables) -> dict:
-    from fqopt.sensitivity import SensitivityTable
-
     if isinstance(tables, SensitivityTable):
         return {tables.meta.get("method", "table"): tables}
     if not isinstance(tables, dict) or not tables:
@@ -138,16 +136,12 @@ def _sampler_seed(seed: int | None, created: bool, n_existing: int) -> int | Non
 
 def _fail_stale(study) -> None:
     """Mark trials whose heartbeat stopped (killed workers) as failed."""
-    import optuna
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
 
 
 def count_states(study) -> dict[str, int]:
-    from optuna.trial import TrialState
-
     out = {s.name.lower(): 0 for s in TrialState}
     for t in study.get_trials(deepcopy=False):
         out[t.state.name.lower()] += 1
@@ -157,8 +151,6 @@ def count_states(study) -> dict[str, int]:
 def reconcile_seeds(study, seeds: list[SeedTrial], n_trials: int) -> int:
     """Enqueue the first ``n_trials`` seeds that no live trial (waiting, running, complete)
     carries; returns how many were enqueued."""
-    from optuna.trial import TrialState
-
     live = study.get_trials(deepcopy=False, states=(TrialState.WAITING, TrialState.RUNNING,
                                                     TrialState.COMPLETE))
     present = {t.user_attrs.get(ATTR_SEED) for t in live}
@@ -208,10 +200,6 @@ def run(run, tables, *, n_trials: int = DEFAULT_TRIALS, storage: str | None = No
     user attributes ``plan`` (AllocationPlan dict), ``report`` (FairnessReport dict) and
     ``seconds`` (solve, apply, evaluate, restore).
     """
-    import optuna
-
-    from fqopt.runs import Run
-
     if not isinstance(run, Run):
         run = Run.open(run)
     if int(n_trials) < 1:
@@ -305,8 +293,6 @@ def artifact_store(run, artifacts=True):
     if artifacts is True:
         artifacts = run.path / ARTIFACT_DIR
     if isinstance(artifacts, (str, os.PathLike)):
-        from optuna.artifacts import FileSystemArtifactStore
-
         os.makedirs(artifacts, exist_ok=True)
         return FileSystemArtifactStore(str(artifacts))
     return artifacts
@@ -359,8 +345,6 @@ def _optimize(study, objective, n_trials, seed_list, timeout, started, callback,
 
 
 def complete_trials(study) -> list:
-    from optuna.trial import TrialState
-
     return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
 
 
@@ -388,8 +372,6 @@ def check_existing(run, *, storage: str | None, study_name: str | None, granular
                    direct: bool = False) -> bool:
     """Before any heavy work: reach the storage and, if the study exists, check that it has
     fqopt's directions and belongs to this run. Returns whether the study exists."""
-    import optuna
-
     url = storage or _storage.default_storage_url(run.path)
     name = study_name or default_study_name(run.model_name, granularity, direct)
     store = _storage.open_storage(url, heartbeat=False)
@@ -410,10 +392,6 @@ def load_study(run_or_dir, *, storage: str | None = None, study_name: str | None
     With no ``study_name``, the run's storage must hold exactly one fqopt study, or the default
     name for the run's model is used.
     """
-    import optuna
-
-    from fqopt.runs import Run
-
     run = run_or_dir if isinstance(run_or_dir, Run) else Run.open(run_or_dir)
     url = storage or _storage.default_storage_url(run.path)
     if storage is None and not run.study_path.is_file():

@@ -13,15 +13,24 @@ from __future__ import annotations
 import json
 import os
 import socket
+import tempfile
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
+import optuna
 import torch
+from optuna.artifacts import upload_artifact
+from optuna.trial import TrialState
 
+from fqopt._io import json_default
+from fqopt.apply import quantized
+from fqopt.evaluation import report_from_predictions
 from fqopt.plan import AllocationPlan
+from fqopt.quantizers import fake_quantize
 from fqopt.search._plans import build_plan, plan_key
 from fqopt.search._seeds import ATTR_BUILDER, ATTR_OPTIONS, ATTR_SEED
+from fqopt.units import discover_units, quantizable_layers
 
 #: user attributes of every completed trial
 ATTR_PLAN = "plan"
@@ -50,8 +59,6 @@ class WeightBank:
     """
 
     def __init__(self, model, bits):
-        from fqopt.units import quantizable_layers
-
         self.model = model
         self.bits = [int(b) for b in bits]
         self.modules = dict(quantizable_layers(model))
@@ -60,15 +67,11 @@ class WeightBank:
 
     @staticmethod
     def fits(model, bits, quantizers=1) -> bool:
-        from fqopt.units import quantizable_layers
-
         n = sum(m.weight.numel() * m.weight.element_size() for _, m in quantizable_layers(model))
         return n * len(bits) * quantizers <= BANK_LIMIT_BYTES
 
     def bank(self, quantizer: str) -> dict[str, torch.Tensor]:
         if quantizer not in self._banks:
-            from fqopt.quantizers import fake_quantize
-
             with torch.no_grad():
                 self._banks[quantizer] = {
                     n: torch.stack([fake_quantize(w, b, quantizer) for b in self.bits])
@@ -109,8 +112,6 @@ class SplitEvaluator:
 
     def __init__(self, model, dataset, split: str = "search", *, batch_size: int = 256,
                  device=None, bank: WeightBank | None = None):
-        from fqopt.units import discover_units
-
         self.bank = bank
         self.model = model.eval()
         self.dataset = dataset
@@ -148,9 +149,6 @@ class SplitEvaluator:
         """``(FairnessReport, seconds)``; ``seconds`` has ``apply``, ``evaluate``, ``restore``.
         ``bootstrap`` > 0 adds the report's percentile intervals; the per-image predicted
         classes stay in ``last_predictions`` ``[n]`` (for paired comparisons)."""
-        from fqopt.apply import quantized
-        from fqopt.evaluation import report_from_predictions
-
         seconds = {"apply": 0.0, "evaluate": 0.0, "restore": 0.0}
         if plan is None:
             t0 = time.perf_counter()
@@ -217,8 +215,6 @@ class TrialObjective:
     last_skip: str | None = None
 
     def __call__(self, trial):
-        import optuna
-
         self.last_skip = None
         reason = claim_slot(trial, self.n_trials)
         if reason is not None:
@@ -276,12 +272,6 @@ def upload_json(artifact_store, study_or_trial, files: dict[str, object]) -> Non
     """Store each ``name -> JSON-able object`` as an Optuna artifact of ``study_or_trial``:
     optuna-dashboard shows artifacts whole (user attributes are cut at 1,024 characters
     there). The artifact's metadata goes into the study's storage, its bytes into the store."""
-    import tempfile
-
-    from optuna.artifacts import upload_artifact
-
-    from fqopt._io import json_default
-
     with tempfile.TemporaryDirectory(prefix="fqopt-artifact-") as tmp:
         for name, obj in files.items():
             path = os.path.join(tmp, name)
@@ -301,8 +291,6 @@ def claim_slot(trial, n_trials: int) -> str | None:
     A seed key already complete, or held by a lower-numbered live trial, is a duplicate (two
     workers resuming at once may both re-enqueue a lost seed; one copy runs).
     """
-    from optuna.trial import TrialState
-
     study = trial.study
     me = trial.number
     live = study.get_trials(deepcopy=False,

@@ -6,7 +6,10 @@
   ``ISIC_2019_Training_Metadata.csv`` and ``ISIC_2019_Training_Input/<image>.jpg``, with
   ``_downsampled`` ids, lesions of several images, empty sex / age / lesion_id;
 - :func:`make_image_csv`: a folder of images and a ``path,label,group`` CSV;
-- :class:`Tiny`: a hand-countable model that is not a timm architecture.
+- :class:`Tiny`: a hand-countable model that is not a timm architecture;
+- :func:`random_weight_run`: a run folder with an untrained ``test_resnet`` checkpoint (no
+  training), and :func:`randomize_batchnorm` for models whose every stored float should matter;
+- :func:`copy_trained_run`: a trained run without its search, for a search to start on.
 
 Each returns a record of what it wrote (paths, rows, which rows are unknown or missing) so
 tests can compute expectations independently of the loaders. Images are real JPEG files written
@@ -242,6 +245,58 @@ class Tiny(nn.Module):
 
     def forward(self, x):
         return self.head(self.pool(self.dw(torch.relu(self.bn(self.stem(x))))).flatten(1))
+
+
+def randomize_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Random BatchNorm affine parameters and statistics (returns the model in eval mode).
+
+    timm zero-initialises each residual block's last BatchNorm, which would leave those layers
+    without gradient in an untrained model, and fresh statistics (mean 0, variance 1) would let
+    a wrong export of them go unnoticed."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for mod in model.modules():
+            if isinstance(mod, nn.BatchNorm2d):
+                mod.running_mean.copy_(torch.rand(mod.running_mean.shape, generator=g) * .2 - .1)
+                mod.running_var.copy_(torch.rand(mod.running_var.shape, generator=g) + .5)
+                mod.weight.copy_(torch.rand(mod.weight.shape, generator=g) + .5)
+                mod.bias.copy_(torch.rand(mod.bias.shape, generator=g) * .2 - .1)
+                mod.num_batches_tracked.fill_(int(torch.randint(1, 1000, (1,), generator=g)))
+    return model.eval()
+
+
+def random_weight_run(path, *, samples: int = 150, image_size: int = 16, seed: int = 0,
+                      batchnorm: bool = False):
+    """A run folder on a small synthderm whose ``model.pt`` is an untrained ``test_resnet``
+    (weights from ``torch.manual_seed(seed)``; with ``batchnorm``, BatchNorm randomised too):
+    enough to profile, apply, evaluate, refine and export plans without training."""
+    from fqopt.runs import Run
+
+    run = Run.create(path, dataset="synthderm",
+                     dataset_options={"n": samples, "image_size": image_size},
+                     model="test_resnet", seed=0)
+    torch.manual_seed(seed)
+    model = run.new_model()
+    if batchnorm:
+        randomize_batchnorm(model, seed=seed)
+    torch.save(model.state_dict(), run.checkpoint_path)
+    return run
+
+
+def copy_trained_run(run, dest: Path):
+    """A copy of a trained run folder at ``dest`` without anything a search wrote or cached
+    (study, sensitivity tables, plans, reports, refined models, artifacts): a search on it starts
+    from the trained model."""
+    import shutil
+
+    from fqopt.runs import Run
+
+    shutil.copytree(run.path, dest)
+    for stale in ("study.db", "sensitivity.npz"):
+        (dest / stale).unlink(missing_ok=True)
+    for folder in ("tables", "plans", "reports", "refined", "artifacts"):
+        shutil.rmtree(dest / folder, ignore_errors=True)
+    return Run.open(dest)
 
 
 def expect_user_error(capsys, argv, *needles, absent=()):

@@ -16,35 +16,17 @@ from fqopt.errors import UserError
 from fqopt.plan import AllocationPlan
 from fqopt.quantizers import fake_quantize
 from fqopt.units import discover_units, quantizable_layers
+from tests.fixtures import random_weight_run, randomize_batchnorm
 
 FAST = dict(epochs=1, finetune_epochs=0, batch_size=48, evaluate=False)
 
 
 # ----------------------------------------------------------------------------- fixtures
-def randomized(model, seed=0):
-    """Random BatchNorm affine and statistics: timm zero-initialises each residual block's last
-    BatchNorm, which would leave those layers without gradient in an untrained model."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.weight.copy_(0.5 + torch.rand(m.weight.shape, generator=gen))
-                m.bias.copy_(0.1 * torch.randn(m.bias.shape, generator=gen))
-                m.running_var.copy_(0.5 + torch.rand(m.running_var.shape, generator=gen))
-    return model
-
-
 @pytest.fixture(scope="module")
 def small_run(tmp_path_factory):
     """A run with a random-weight test_resnet on a small synthderm (no training needed)."""
-    from fqopt.runs import Run
-
-    path = tmp_path_factory.mktemp("baq") / "run"
-    run = Run.create(path, dataset="synthderm", dataset_options={"n": 240, "image_size": 16},
-                     model="test_resnet", seed=0)
-    torch.manual_seed(0)
-    torch.save(randomized(run.new_model()).state_dict(), run.checkpoint_path)
-    return run
+    return random_weight_run(tmp_path_factory.mktemp("baq") / "run", samples=240,
+                             batchnorm=True)
 
 
 def mixed_plan(run, seed=0, granularity="channel", budget_slack=None) -> AllocationPlan:
@@ -100,7 +82,7 @@ def test_cross_entropy_alone_moves_the_bits_and_matches_finite_differences():
     from fqopt import models
 
     torch.manual_seed(0)
-    model = randomized(models.create("test_resnet", 4)).double().eval()
+    model = randomize_batchnorm(models.create("test_resnet", 4)).double().eval()
     units = discover_units(model, "layer")
     plan_bits = np.array([8 if n in units.pinned else 3 + i % 4
                           for i, n in enumerate(units.names)])

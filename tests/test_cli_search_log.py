@@ -8,12 +8,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.fixtures import copy_trained_run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -25,11 +26,7 @@ def _env():
 @pytest.fixture(scope="module")
 def logged(tiny_run, tmp_path_factory):
     dest = tmp_path_factory.mktemp("cli-log") / "run"
-    shutil.copytree(tiny_run.path, dest)
-    for stale in ("study.db", "sensitivity.npz"):
-        (dest / stale).unlink(missing_ok=True)
-    for folder in ("tables", "plans", "reports", "refined", "artifacts"):
-        shutil.rmtree(dest / folder, ignore_errors=True)
+    copy_trained_run(tiny_run, dest)
     r = subprocess.run([sys.executable, "-m", "fqopt", "search", "--run", str(dest),
                         "--trials", "20", "--refine-top", "1", "--budget", "4"],
                        capture_output=True, text=True, env=_env(), timeout=900, cwd=ROOT)

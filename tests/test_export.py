@@ -17,27 +17,13 @@ from fqopt.packed import (FORMAT, export, load_quantized, pack_codes, read_expor
 from fqopt.plan import AllocationPlan
 from fqopt.quantizers import fake_quantize
 from fqopt.units import discover_units, quantizable_layers
-from tests.fixtures import Tiny
-
-
-def _randomize_state(m: nn.Module, seed: int = 0) -> nn.Module:
-    """Non-trivial biases and BatchNorm statistics, so outputs depend on every stored float."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for mod in m.modules():
-            if isinstance(mod, nn.BatchNorm2d):
-                mod.running_mean.copy_(torch.rand(mod.running_mean.shape, generator=g) * .2 - .1)
-                mod.running_var.copy_(torch.rand(mod.running_var.shape, generator=g) + .5)
-                mod.weight.copy_(torch.rand(mod.weight.shape, generator=g) + .5)
-                mod.bias.copy_(torch.rand(mod.bias.shape, generator=g) * .2 - .1)
-                mod.num_batches_tracked.fill_(int(torch.randint(1, 1000, (1,), generator=g)))
-    return m.eval()
+from tests.fixtures import Tiny, random_weight_run, randomize_batchnorm
 
 
 @pytest.fixture(scope="module")
 def resnet():
     torch.manual_seed(0)
-    return _randomize_state(models.create("test_resnet", 4))
+    return randomize_batchnorm(models.create("test_resnet", 4))
 
 
 @pytest.fixture(scope="module")
@@ -360,7 +346,7 @@ def test_export_of_another_plan_or_model_is_refused(resnet, vit, exported, tmp_p
 def test_verify_catches_other_weights(resnet, exported):
     path, _ = exported
     assert verify(path, resnet, image_size=32) <= 1e-5
-    other = _randomize_state(models.create("test_resnet", 4), seed=9)
+    other = randomize_batchnorm(models.create("test_resnet", 4), seed=9)
     with pytest.raises(UserError, match="does not reproduce"):
         verify(path, other, image_size=32)
 
@@ -379,15 +365,9 @@ def test_never_overwrites_without_force(resnet, tmp_path):
 @pytest.fixture(scope="module")
 def cli_run(tmp_path_factory):
     """A run folder with a random-weight test_resnet checkpoint (no training needed)."""
-    from fqopt.runs import Run
-
     path = tmp_path_factory.mktemp("cli") / "run"
-    run = Run.create(path, dataset="synthderm", dataset_options={"n": 60, "image_size": 24},
-                     model="test_resnet", seed=0)
-    torch.manual_seed(3)
-    model = _randomize_state(run.new_model(), seed=3)
-    torch.save(model.state_dict(), run.checkpoint_path)
-    units = discover_units(model, "channel", pin="none")
+    run = random_weight_run(path, samples=60, image_size=24, seed=3, batchnorm=True)
+    units = discover_units(run.model(), "channel", pin="none")
     plan = AllocationPlan.from_unit_bits(
         units, np.random.default_rng(2).integers(2, 9, size=len(units)), model="test_resnet")
     plan.save(path / "mixed.json")
@@ -477,7 +457,7 @@ def test_cli_bad_inputs_exit_2_with_one_line(cli_run, capsys, tmp_path, vit):
 
 def test_model_that_is_not_from_timm(tmp_path):
     torch.manual_seed(4)
-    model = _randomize_state(Tiny())
+    model = randomize_batchnorm(Tiny())
     units = discover_units(model, "channel", pin="none")
     plan = AllocationPlan.from_unit_bits(
         units, np.random.default_rng(4).integers(2, 9, size=len(units)), model="tiny")

@@ -7,7 +7,6 @@ import zlib
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from fqopt import models
 from fqopt.apply import quantized
@@ -16,7 +15,7 @@ from fqopt.packed import export, load_quantized
 from fqopt.plan import AllocationPlan
 from fqopt.quantizers import fake_quantize
 from fqopt.units import discover_units, quantizable_layers
-from tests.fixtures import Tiny
+from tests.fixtures import Tiny, random_weight_run, randomize_batchnorm
 
 
 def _spec_unpack(path):
@@ -67,22 +66,10 @@ def _mixed_plan(model, name, seed=0):
         units, np.random.default_rng(seed).integers(2, 9, size=len(units)), model=name)
 
 
-def _bn_state(model):
-    g = torch.Generator().manual_seed(5)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.copy_(torch.rand(m.running_mean.shape, generator=g) * .2 - .1)
-                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + .5)
-                m.weight.copy_(torch.rand(m.weight.shape, generator=g) + .5)
-                m.num_batches_tracked.fill_(7)
-    return model.eval()
-
-
 @pytest.mark.parametrize("method", ["maxabs", "mse"])
 def test_spec_reader_reproduces_dequantized_weights_exactly(tmp_path, method):
     torch.manual_seed(0)
-    model = _bn_state(models.create("test_resnet", 4))
+    model = randomize_batchnorm(models.create("test_resnet", 4))
     plan = _mixed_plan(model, "test_resnet")
     path = tmp_path / "m.safetensors"
     export(model, plan, path, quantizer=method)
@@ -124,7 +111,7 @@ def test_file_within_2pct_of_plan_size_on_default_model_at_3_bits(tmp_path):
 
 def test_load_quantized_is_torch_exportable(tmp_path):
     torch.manual_seed(0)
-    model = _bn_state(models.create("test_resnet", 4))
+    model = randomize_batchnorm(models.create("test_resnet", 4))
     plan = _mixed_plan(model, "test_resnet")
     path = tmp_path / "m.safetensors"
     export(model, plan, path)
@@ -168,7 +155,7 @@ def _weight_inits(path):
 
 def test_onnx_mixed_channel_plan_matches_fake_quantized(tmp_path):
     torch.manual_seed(0)
-    model = _bn_state(models.create("test_resnet", 4))
+    model = randomize_batchnorm(models.create("test_resnet", 4))
     plan = _mixed_plan(model, "test_resnet")
     path, info = _onnx_check(model, plan, tmp_path, 32)
     kinds, _dq, m = _weight_inits(path)
@@ -187,7 +174,7 @@ def test_onnx_mixed_channel_plan_matches_fake_quantized(tmp_path):
 @pytest.mark.parametrize("bits", [3, 6])
 def test_onnx_uniform_plans_and_mse(tmp_path, bits):
     torch.manual_seed(1)
-    model = _bn_state(Tiny())
+    model = randomize_batchnorm(Tiny())
     plan = AllocationPlan.uniform(discover_units(model, "layer", pin="none"), bits,
                                   model="tiny")
     path, info = _onnx_check(model, plan, tmp_path, 16, method="mse")
@@ -211,13 +198,8 @@ def test_onnx_layer_it_cannot_express(tmp_path):
 
 def test_cli_export_onnx(tmp_path, capsys):
     from fqopt.cli import main
-    from fqopt.runs import Run
-
-    run = Run.create(tmp_path / "run", dataset="synthderm",
-                     dataset_options={"n": 60, "image_size": 24}, model="test_resnet")
-    torch.manual_seed(3)
-    model = _bn_state(run.new_model())
-    torch.save(model.state_dict(), run.checkpoint_path)
+    run = random_weight_run(tmp_path / "run", samples=60, image_size=24, seed=3, batchnorm=True)
+    model = run.model()
     plan = _mixed_plan(model, "test_resnet", seed=3)
     plan.save(tmp_path / "p.json")
     out = tmp_path / "m.onnx"

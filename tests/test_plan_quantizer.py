@@ -13,20 +13,13 @@ from fqopt.cli import main
 from fqopt.errors import UserError
 from fqopt.plan import AllocationPlan
 from fqopt.units import discover_units
-from tests.fixtures import expect_user_error
+from tests.fixtures import expect_user_error, random_weight_run
 
 
 @pytest.fixture(scope="module")
 def rand_run(tmp_path_factory):
     """A run folder with an untrained (random) model: enough to apply and evaluate plans."""
-    from fqopt.runs import Run
-
-    path = tmp_path_factory.mktemp("runs") / "rq"
-    run = Run.create(path, dataset="synthderm", dataset_options={"n": 150, "image_size": 16},
-                     model="test_resnet", seed=0)
-    torch.manual_seed(0)
-    torch.save(run.new_model().state_dict(), run.checkpoint_path)
-    return run
+    return random_weight_run(tmp_path_factory.mktemp("runs") / "rq")
 
 
 def _plan(run, quantizer="mse", bits=3):

@@ -18,6 +18,7 @@ from fqopt.profiling import (METHODS, Calibration, profile, register_method,
 from fqopt.quantizers import fake_quantize
 from fqopt.sensitivity import SensitivityTable
 from fqopt.units import discover_units
+from tests.fixtures import random_weight_run
 
 BITS = (2, 3, 4, 6, 8)
 
@@ -392,14 +393,7 @@ def test_table_with_nan_or_inf_costs_is_rejected(tmp_path):
 @pytest.fixture(scope="module")
 def cli_run(tmp_path_factory):
     """A run folder with an untrained (random) model: enough to exercise the command."""
-    from fqopt.runs import Run
-
-    path = tmp_path_factory.mktemp("runs") / "prof"
-    run = Run.create(path, dataset="synthderm", dataset_options={"n": 150, "image_size": 16},
-                     model="test_resnet", seed=0)
-    torch.manual_seed(0)
-    torch.save(run.new_model().state_dict(), run.checkpoint_path)
-    return run
+    return random_weight_run(tmp_path_factory.mktemp("runs") / "prof")
 
 
 def test_cli_profile_writes_the_table(cli_run, capsys):

@@ -4,10 +4,10 @@ test-split results and the acceptance check."""
 from __future__ import annotations
 
 import base64
+import copy
 import json
 import math
 import re
-import shutil
 import warnings
 
 import numpy as np
@@ -15,6 +15,8 @@ import optuna
 import pytest
 
 from fqopt.errors import UserError
+from fqopt.search import SearchResults
+from tests.fixtures import copy_trained_run
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -53,6 +55,7 @@ def results():
 def test_pareto_front_info(results):
     from fqopt.search._visualization import pareto_front_info
 
+    results = SearchResults.from_dict(results)
     info = pareto_front_info(results, split="test")
     assert [p.trial for p in info.pareto] == [7, 3, 9]
     assert [p.worst_acc for p in info.pareto] == [0.55, 0.62, 0.69]
@@ -65,7 +68,7 @@ def test_pareto_front_info(results):
 
 
 def test_staircase_is_the_running_best():
-    from fqopt.search._visualization import staircase
+    from fqopt.search._plots import staircase
 
     xs = [4.4, 2.6, 3.9, 3.0]
     ys = [0.72, 0.60, 0.75, 0.58]
@@ -83,14 +86,16 @@ def test_chosen_plans_use_the_search_split_only(results):
 
     # at ≤ 4.5 bits the search split prefers trial 3 (0.75) although the test split would
     # prefer trial 9 (0.69 > 0.62): the choice must not look at the test split
+    results = SearchResults.from_dict(results)
     chosen = chosen_plans(results, caps=(3.0, 4.5))
-    assert [(c["cap"], c["trial"]) for c in chosen] == [(3.0, 7), (4.5, 3)]
+    assert [(c.cap, c.record.trial) for c in chosen] == [(3.0, 7), (4.5, 3)]
     assert chosen_plans(results, caps=(2.0,)) == []
 
 
 def test_group_accuracy_info(results):
     from fqopt.search._visualization import chosen_plans, group_accuracy_info
 
+    results = SearchResults.from_dict(results)
     info = group_accuracy_info(results, split="test", chosen=chosen_plans(results))
     labels = [label for label, _ in info.series]
     assert labels[0] == "FP32" and labels[1].startswith("uniform 4-bit")
@@ -146,7 +151,8 @@ def test_history_info_best_so_far_under_a_cap():
 
 
 def test_importance_info_needs_enough_trials():
-    from fqopt.search._visualization import importance_info, plot_importance
+    from fqopt.search._plots import plot_importance
+    from fqopt.search._visualization import importance_info
 
     few = importance_info(_toy_study([(0.8, 0.5, 6.0)] * 3))
     assert not few.params and "1 complete sampled trials" in few.message
@@ -163,17 +169,17 @@ def test_importance_info_needs_enough_trials():
 
 
 def test_acceptance_check(results):
-    from fqopt.search._pipeline import acceptance_check
+    from fqopt.search._holdout import acceptance_check
 
-    chk = acceptance_check(results)
-    assert chk["uniform_test_worst_acc"] == 0.60 and chk["plans_at_or_below"] == 3
-    assert chk["best_plan"]["trial"] == 9 and chk["passed"]
+    chk = acceptance_check(SearchResults.from_dict(results))
+    assert chk.uniform_test_worst_acc == 0.60 and chk.plans_at_or_below == 3
+    assert chk.best_plan["trial"] == 9 and chk.passed
     results["pareto"][2]["avg_bits"] = 4.6  # now only plans with test worst ≤ 0.62 qualify
-    chk = acceptance_check(results)
-    assert chk["best_plan"]["trial"] == 3 and chk["passed"]
+    chk = acceptance_check(SearchResults.from_dict(results))
+    assert chk.best_plan["trial"] == 3 and chk.passed
     results["pareto"][1]["test"]["worst_acc"] = 0.60   # a tie is not better
     results["pareto"][0]["test"]["worst_acc"] = 0.50
-    assert not acceptance_check(results)["passed"]
+    assert not acceptance_check(SearchResults.from_dict(results)).passed
 
 
 # --------------------------------------------------------------------------- on a real run
@@ -184,11 +190,7 @@ def searched(tiny_run, tmp_path_factory):
     from fqopt.search._pipeline import run_pipeline
 
     dest = tmp_path_factory.mktemp("report") / "run"
-    shutil.copytree(tiny_run.path, dest)
-    for stale in ("study.db", "sensitivity.npz"):
-        (dest / stale).unlink(missing_ok=True)
-    for folder in ("tables", "plans", "reports", "refined"):
-        shutil.rmtree(dest / folder, ignore_errors=True)
+    copy_trained_run(tiny_run, dest)
     stages = []
     result = run_pipeline(dest, n_trials=20, refine_top=0, calib=128,
                           callback=lambda stage, done, total, **kw: stages.append(stage))
@@ -227,6 +229,35 @@ def test_pipeline_outputs(searched):
     assert set(res["stages"]) >= {"train", "profile", "search", "test", "report"}
 
 
+def test_results_file_round_trips(searched):
+    """The typed results write exactly the file the pipeline wrote (schema unchanged), and
+    read back the pipeline's own records."""
+    from fqopt.search import load_results
+
+    run, result = searched
+    on_disk = json.loads((run.reports_dir / "search_test.json").read_text())
+    typed = SearchResults.from_dict(on_disk)
+    assert typed.to_dict() == on_disk
+    assert json.dumps(typed.to_dict(), sort_keys=True) == json.dumps(on_disk, sort_keys=True)
+    assert on_disk["schema"] == "fqopt.search-results/1"
+    loaded = load_results(run)
+    assert loaded.to_dict() == on_disk and loaded.study.name == result.results.study.name
+    assert [p.trial for p in loaded.pareto] == [p.trial for p in result.results.pareto]
+    assert loaded.pareto[0].test.worst_acc == on_disk["pareto"][0]["test"]["worst_acc"]
+    assert loaded.summary.budget == on_disk["summary"]["budget"] == 4.0
+    beside = [b for b in loaded.baselines if b.beside_study]
+    assert beside and all(b.trial is None and b.pareto is False for b in beside)
+    # a file of an older fqopt (no summary, no dashboard) loads and is written back as it was
+    older = copy.deepcopy(on_disk)
+    del older["summary"], older["study"]["dashboard"], older["study"]["artifacts"]
+    old = SearchResults.from_dict(older)
+    assert old.summary is None and old.study.dashboard is None
+    assert old.to_dict() == older
+    # a key written by a newer fqopt is kept, not dropped
+    on_disk["pareto"][0]["future_field"] = {"x": 1}
+    assert SearchResults.from_dict(on_disk).to_dict() == on_disk
+
+
 def test_report_files_are_self_contained(searched):
     from PIL import Image
 
@@ -243,8 +274,8 @@ def test_report_files_are_self_contained(searched):
         assert base64.b64encode(data).decode() in html, name  # embedded, not linked
     assert not re.search(r"(src|href)=['\"](https?:|//|[^'\"]*\.png)", html)
     assert "search</b> split chose the plans" in html and "test</b> split" in html
-    for p in result.results["pareto"]:
-        assert f"pareto-{p['index']:02d}" in html
+    for p in result.results.pareto:
+        assert f"pareto-{p.index:02d}" in html
 
 
 def test_report_cli_refuses_to_overwrite(searched, capsys):
@@ -279,11 +310,11 @@ def test_show_lists_the_pareto_plans(searched, capsys):
     assert main(["show", "--run", str(run.path), "--format", "json"]) == 0
     rows = json.loads(capsys.readouterr().out)["pareto"]
     res = result.results
-    assert [r["trial"] for r in rows] == [p["trial"] for p in res["pareto"]]
-    for r, p in zip(rows, res["pareto"]):
-        assert r["test_worst_acc"] == p["test"]["worst_acc"]
-        assert r["search_avg_acc"] == p["search"]["avg_acc"]
-        assert r["plan_file"] == p["plan_file"]
+    assert [r["trial"] for r in rows] == [p.trial for p in res.pareto]
+    for r, p in zip(rows, res.pareto):
+        assert r["test_worst_acc"] == p.test.worst_acc
+        assert r["search_avg_acc"] == p.search.avg_acc
+        assert r["plan_file"] == p.plan_file
         if r["kind"] == "sampled":
             assert r["method"] in ("fisher", "gradient", "grape") and r["lambda"] is not None
         if r["kind"] == "uniform":

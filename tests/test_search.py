@@ -11,7 +11,6 @@ import subprocess
 import sys
 import time
 import warnings
-from pathlib import Path
 
 import numpy as np
 import optuna
@@ -20,6 +19,7 @@ import torch
 from optuna.trial import TrialState
 
 from fqopt.errors import UserError
+from tests.fixtures import copy_trained_run
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -27,23 +27,13 @@ warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning
 METHODS = ("fisher", "gradient", "grape")
 
 
-def _copy_run(tiny_run, dest: Path):
-    from fqopt.runs import Run
-
-    shutil.copytree(tiny_run.path, dest)
-    for stale in ("study.db", "sensitivity.npz"):
-        (dest / stale).unlink(missing_ok=True)
-    for folder in ("tables", "plans", "reports", "refined"):
-        shutil.rmtree(dest / folder, ignore_errors=True)
-    return Run.open(dest)
-
 
 @pytest.fixture(scope="module")
 def srun(tiny_run, tmp_path_factory):
     """A private copy of the tiny run with channel tables for the three methods."""
     from fqopt.search._pipeline import ensure_tables
 
-    run = _copy_run(tiny_run, tmp_path_factory.mktemp("search") / "run")
+    run = copy_trained_run(tiny_run, tmp_path_factory.mktemp("search") / "run")
     tables, _ = ensure_tables(run, list(METHODS), "channel", calib=128)
     return run, tables
 

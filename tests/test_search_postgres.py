@@ -10,7 +10,6 @@ from __future__ import annotations
 import collections
 import json
 import os
-import shutil
 import subprocess
 import sys
 import uuid
@@ -19,6 +18,8 @@ import warnings
 import optuna
 import pytest
 from optuna.trial import TrialState
+
+from tests.fixtures import copy_trained_run
 
 URL = os.environ.get("FQOPT_TEST_POSTGRES_URL")
 
@@ -49,14 +50,8 @@ def fresh_database():
 def test_two_workers_share_one_study(tiny_run, tmp_path, fresh_database):
     from fqopt.search._pipeline import ensure_tables
     from fqopt.search._seeds import ATTR_SEED
-    from fqopt.runs import Run
 
-    dest = tmp_path / "run"
-    shutil.copytree(tiny_run.path, dest)
-    for stale in ("study.db", "sensitivity.npz"):
-        (dest / stale).unlink(missing_ok=True)
-    shutil.rmtree(dest / "tables", ignore_errors=True)
-    run = Run.open(dest)
+    run = copy_trained_run(tiny_run, tmp_path / "run")
     # profile once up front, as one would before starting workers on several machines
     ensure_tables(run, ["fisher", "gradient", "grape"], "channel", calib=128)
 

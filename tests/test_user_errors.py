@@ -15,11 +15,12 @@ import pytest
 import torch
 
 from fqopt.cli import main
+from fqopt.errors import UserError
 from fqopt.plan import AllocationPlan
 from fqopt.runs import Run
 from fqopt.sensitivity import SensitivityTable
 from fqopt.units import discover_units
-from tests.fixtures import expect_user_error
+from tests.fixtures import expect_user_error, random_weight_run
 
 TINY = {"n": 150, "image_size": 16}
 
@@ -37,11 +38,8 @@ def _snapshot(folder):
 @pytest.fixture(scope="module")
 def rand_run(tmp_path_factory):
     """A run with an untrained (random) model: enough to apply, evaluate and export plans."""
-    path = tmp_path_factory.mktemp("runs") / "r"
-    run = Run.create(path, dataset="synthderm", dataset_options=TINY, model="test_resnet")
-    torch.manual_seed(0)
-    torch.save(run.new_model().state_dict(), run.checkpoint_path)
-    return run
+    return random_weight_run(tmp_path_factory.mktemp("runs") / "r", samples=TINY["n"],
+                             image_size=TINY["image_size"])
 
 
 @pytest.fixture
@@ -267,6 +265,32 @@ def test_search_checks_quantizers_and_methods_before_training(tmp_path, capsys):
     _err(capsys, ["search", "--run", out, "--methods", "nosuch"], "--methods", "'nosuch'",
          "fisher")
     assert not out.exists()
+
+
+def test_search_checks_the_storage_once_before_training(tmp_path, capsys, monkeypatch):
+    """`fqopt search` checks the storage and an existing study once (in run_pipeline), and
+    before the run folder is created or anything trained."""
+    from fqopt.search import _pipeline
+
+    calls = []
+    real = _pipeline.precheck
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs.get("storage"))
+        return real(*args, **kwargs)
+
+    def no_training(*args, **kwargs):
+        raise UserError("stopped before training")
+
+    monkeypatch.setattr(_pipeline, "precheck", counting)
+    monkeypatch.setattr(_pipeline, "ensure_trained", no_training)
+    out = tmp_path / "new"
+    _err(capsys, ["search", "--run", out, "--storage", "nosuchdb"], "not a database URL")
+    assert calls == ["nosuchdb"] and not out.exists()
+    calls.clear()
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    _err(capsys, ["search", "--run", out, "--storage", url], "stopped before training")
+    assert calls == [url] and not out.exists()
 
 
 # ------------------------------------------------------------------------ 7. --dataset

@@ -35,26 +35,27 @@ def test_paired_bootstrap_tie_better_worse():
     pred.add("same", base.copy())
     same = paired_bootstrap(pred, "same", "base")
     # identical predictions: every resample gives exactly 0 (paired), so a tie
-    assert same["worst_acc"]["diff"] == 0 and same["worst_acc"]["ci"] == [0.0, 0.0]
-    assert same["worst_acc"]["verdict"] == "tie"
+    assert same.worst_acc.diff == 0 and same.worst_acc.ci == [0.0, 0.0]
+    assert same.worst_acc.verdict == "tie"
     # fixing 40 % of the errors in both groups: better on worst_acc and avg_acc
     fixed = np.where((base != y) & (rng.random(len(y)) < 0.4), y, base)
     pred.add("fixed", fixed)
     up = paired_bootstrap(pred, "fixed", "base")
     acc = [np.mean(fixed[groups == g] == y[groups == g]) for g in (0, 1)]
     acc0 = [np.mean(base[groups == g] == y[groups == g]) for g in (0, 1)]
-    assert up["worst_acc"]["diff"] == pytest.approx(min(acc) - min(acc0))
-    assert up["avg_acc"]["diff"] == pytest.approx(np.mean(acc) - np.mean(acc0))
-    assert up["worst_acc"]["verdict"] == "better" and up["worst_acc"]["ci"][0] > 0
+    assert up.worst_acc.diff == pytest.approx(min(acc) - min(acc0))
+    assert up.avg_acc.diff == pytest.approx(np.mean(acc) - np.mean(acc0))
+    assert up.worst_acc.verdict == "better" and up.worst_acc.ci[0] > 0
     down = paired_bootstrap(pred, "base", "fixed")
-    assert down["worst_acc"]["verdict"] == "worse"
-    assert down["worst_acc"]["ci"][1] == pytest.approx(-up["worst_acc"]["ci"][0], abs=0.02)
+    assert down.worst_acc.verdict == "worse"
+    assert down.worst_acc.ci[1] == pytest.approx(-up.worst_acc.ci[0], abs=0.02)
 
 
 def test_paired_interval_is_narrower_than_unpaired():
     """Two plans that differ on a few images: pairing removes the images' shared noise."""
-    from fqopt.search._verdict import paired_bootstrap, unpaired_difference
     from fqopt.metrics import fairness_report
+    from fqopt.search import SplitFigures
+    from fqopt.search._verdict import paired_bootstrap, unpaired_difference
 
     pred, y, groups, rng = _preds((300, 300))
     a = np.where(rng.random(len(y)) < 0.75, y, (y + 1) % 3)
@@ -63,10 +64,10 @@ def test_paired_interval_is_narrower_than_unpaired():
     b[flip] = (y[flip] + 2) % 3
     pred.add("a", a)
     pred.add("b", b)
-    paired = paired_bootstrap(pred, "a", "b")["avg_acc"]["ci"]
-    ra = fairness_report(y, a, groups, num_classes=3, bootstrap=500).to_dict()
-    rb = fairness_report(y, b, groups, num_classes=3, bootstrap=500).to_dict()
-    unpaired = unpaired_difference(ra, rb, "avg_acc")["ci"]
+    paired = paired_bootstrap(pred, "a", "b").avg_acc.ci
+    ra = SplitFigures(fairness_report(y, a, groups, num_classes=3, bootstrap=500).to_dict())
+    rb = SplitFigures(fairness_report(y, b, groups, num_classes=3, bootstrap=500).to_dict())
+    unpaired = unpaired_difference(ra, rb, "avg_acc").ci
     assert paired[1] - paired[0] < 0.5 * (unpaired[1] - unpaired[0])
 
 
@@ -90,7 +91,14 @@ def _rep(avg, worst, ci=0.05):
             "ci": {"avg_acc": [avg - ci, avg + ci], "worst_acc": [worst - ci, worst + ci]}}
 
 
-def _results():
+def _results(**refined):
+    """Typed results of the dict below (``refined``: keys added to the refined record)."""
+    from fqopt.search import SearchResults
+
+    return SearchResults.from_dict(_results_dict(**refined))
+
+
+def _results_dict(**refined):
     def rec(trial, bits, search, test, kind="sampled", seed=None, index=None, label=None):
         return {"trial": trial, "index": index, "avg_bits": bits, "kind": kind, "seed": seed,
                 "label": label or f"t{trial}", "quantizer": "mse", "size_bytes": 1000 * bits,
@@ -109,7 +117,7 @@ def _results():
                           rec(8, 6.0, (0.9, 0.8), (0.9, 0.8), "uniform", "uniform:6")],
             "refined": [{"from_index": 1, "label": "BAQ of pareto-01", "avg_bits": 3.4,
                          "plan_file": "plans/refined-01.json", "test": _rep(0.8, 0.6),
-                         "pred": "r1"}]}
+                         "pred": "r1", **refined}]}
 
 
 def test_recommend_best_baseline_and_summary():
@@ -117,38 +125,51 @@ def test_recommend_best_baseline_and_summary():
 
     res = _results()
     # by search worst_acc within the budget (the test split does not choose)
-    assert recommend(res, 4.0)["trial"] == 3
-    assert recommend(res, 5.0)["trial"] == 9
+    assert recommend(res, 4.0).trial == 3
+    assert recommend(res, 5.0).trial == 9
     assert recommend(res, 1.5) is None
     # the strongest baseline by test worst_acc within the budget (+ slack for pinned uniform),
     # fqopt's own ladder excluded
-    assert best_baseline(res, 4.0)["trial"] == 2
-    assert best_baseline(res, 3.0)["trial"] == 4
+    assert best_baseline(res, 4.0).trial == 2
+    assert best_baseline(res, 3.0).trial == 4
     s = summarize(res, None, budget=4.0)
-    assert s["recommended"]["trial"] == 3 and s["best_baseline"]["trial"] == 2
-    cmp = s["comparison"]  # no predictions: unpaired intervals
-    assert "unpaired" in cmp["method"]
-    assert cmp["worst_acc"]["diff"] == pytest.approx(0.70 - 0.74)
-    assert cmp["worst_acc"]["verdict"] == "tie"
-    assert "--quantizer" not in s["export_command"]  # the plan file records it
-    assert "plans/pareto-01.json" in s["export_command"]
-    assert [m["trial"] for m in s["by_budget"]] == [7, 3, 3, 3, 9]  # 3, 3.5, 4, 4.5, 5.5
-    (r,) = s["refined"]
-    assert r["from"] == "plans/pareto-01.json" and r["comparison"]["worst_acc"]["diff"] < 0
+    assert s.recommended.trial == 3 and s.best_baseline.trial == 2
+    cmp = s.comparison  # no predictions: unpaired intervals
+    assert "unpaired" in cmp.method
+    assert cmp.worst_acc.diff == pytest.approx(0.70 - 0.74)
+    assert cmp.worst_acc.verdict == "tie"
+    assert "--quantizer" not in s.export_command  # the plan file records it
+    assert "plans/pareto-01.json" in s.export_command
+    assert [m.trial for m in s.by_budget] == [7, 3, 3, 3, 9]  # 3, 3.5, 4, 4.5, 5.5
+    (r,) = s.refined
+    assert r.source_file == "plans/pareto-01.json" and r.comparison.worst_acc.diff < 0
+    assert r.to_dict()["from"] == "plans/pareto-01.json"  # its key in the results file
     # never the test split: a fine-tuned model is deployed (fqopt's default refinement), a BAQ
     # one only if the search split says it is better
-    assert r["use_refined"] is False                      # BAQ, no search figures: keep the plan
+    assert r.use_refined is False                      # BAQ, no search figures: keep the plan
     for mode, search_worst, use in (("baq", 0.76, True), ("baq", 0.75, False),
                                     ("finetune", 0.70, True)):
-        res = _results()
-        res["refined"][0].update(search=_rep(0.86, search_worst), mode=mode)  # source: 0.75
-        (r,) = summarize(res, None, budget=4.0)["refined"]
-        assert r["use_refined"] is use, (mode, search_worst)
-        assert r["search_worst_acc"] == {"refined": search_worst, "static": 0.75}
+        res = _results(search=_rep(0.86, search_worst), mode=mode)  # source: 0.75
+        (r,) = summarize(res, None, budget=4.0).refined
+        assert r.use_refined is use, (mode, search_worst)
+        assert r.search_worst_acc == {"refined": search_worst, "static": 0.75}
         # the model to deploy comes with the command that exports it (its checkpoint included)
-        assert ("export_command" in r) is use
+        assert ("export_command" in r.to_dict()) is use
         if use:
-            assert "plans/refined-01.json" in r["export_command"]
+            assert "plans/refined-01.json" in r.export_command
+
+
+def test_unpaired_comparisons_are_called_unpaired():
+    """Without kept predictions the report says the intervals are unpaired (``"paired"`` is a
+    substring of the method ``difference of unpaired intervals``)."""
+    from fqopt.search._report import _verdict_html
+    from fqopt.search._verdict import summarize
+
+    res = _results()
+    res.summary = summarize(res, None, budget=4.0)
+    assert not res.summary.comparison.paired
+    html = _verdict_html(res)
+    assert "unpaired intervals" in html and "paired bootstrap" not in html
 
 
 def test_summary_pairs_when_predictions_are_kept():
@@ -159,8 +180,9 @@ def test_summary_pairs_when_predictions_are_kept():
     for key in ("p3", "p2", "r1"):
         pred.add(key, np.where(rng.random(len(y)) < 0.8, y, (y + 1) % 3))
     s = summarize(res, pred, budget=4.0)
-    assert "paired" in s["comparison"]["method"] and "unpaired" not in s["comparison"]["method"]
-    assert "paired" in s["refined"][0]["comparison"]["method"]
+    assert "paired" in s.comparison.method and "unpaired" not in s.comparison.method
+    assert s.comparison.paired
+    assert "paired" in s.refined[0].comparison.method
 
 
 def test_group_rates_from_confusion_cells():
@@ -181,18 +203,22 @@ def test_group_rates_from_confusion_cells():
 def test_describe_words_a_tie():
     from fqopt.search._verdict import describe
 
-    cmp = {"worst_acc": {"diff": -0.005, "ci": [-0.04, 0.031], "verdict": "tie"}}
+    from fqopt.search import Comparison
+
+    cmp = Comparison.from_dict({"worst_acc": {"diff": -0.005, "ci": [-0.04, 0.031],
+                                              "verdict": "tie"}})
     assert describe(cmp) == "-0.005 [-0.040, +0.031], a tie (the interval contains 0)"
     assert describe(None) == "no comparison"
 
 
 # --------------------------------------------------------------------------- names, plots
 def test_plan_file_names_say_what_the_plan_is():
-    from fqopt.search._pipeline import plan_file_name
+    from fqopt.search import PlanRecord
+    from fqopt.search._holdout import plan_file_name
 
     def name(kind, params=None, seed=None, q="maxabs", bits=3.4215):
-        return plan_file_name({"kind": kind, "params": params or {}, "seed": seed,
-                               "quantizer": q, "avg_bits": bits}, 3)
+        return plan_file_name(PlanRecord(kind=kind, params=params or {}, seed=seed,
+                                         quantizer=q, avg_bits=bits), 3)
 
     assert name("sampled", {"method": "fisher", "lambda": 0.8}, q="mse") == \
         "pareto-03-3.42b-fisher-l0.80-mse.json"
@@ -205,13 +231,15 @@ def test_plan_file_names_say_what_the_plan_is():
 
 
 def test_front_marks_recommended_and_lists_collapsed_plans():
-    from fqopt.search._visualization import pareto_front_info, plot_pareto_front
+    from fqopt.search import SearchResults
+    from fqopt.search._plots import plot_pareto_front
+    from fqopt.search._visualization import pareto_front_info
 
-    res = _results()
+    res = _results_dict()
     res["baselines"].append({"trial": None, "kind": "uniform", "avg_bits": 2.01,
                              "label": "uniform 2-bit", "test": _rep(0.4, 0.05, 0.02),
                              "search": _rep(0.4, 0.05, 0.02)})
-    info = pareto_front_info(res, split="test", budgets=(3.0, 4.0, 5.0))
+    info = pareto_front_info(SearchResults.from_dict(res), split="test", budgets=(3.0, 4.0, 5.0))
     # ≤ 3 bits has no Pareto plan but pareto-00 (2.0 b); ≤4 and ≤5 have their own
     assert [(r.budget, r.point.trial) for r in info.recommended] == [(3.0, 7), (4.0, 3),
                                                                        (5.0, 9)]

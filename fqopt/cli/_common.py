@@ -85,6 +85,7 @@ def resolve_quantizer(plan, given: str | None, override: bool, source: str) -> s
     plan silently evaluated or exported with ``maxabs`` is a different model than the one the
     search chose.
     """
+    # deferred: loads torch (`fqopt <command> --help` stays fast)
     from fqopt.plan import DEFAULT_QUANTIZER, check_quantizer
 
     if given is not None:
@@ -114,6 +115,7 @@ def load_plan_or_uniform(run, model, plan: str | None, uniform: int | None,
         raise click.UsageError("give --plan or --uniform, not both")
     if plan is None and uniform is None:
         return None
+    # deferred: loads torch (`fqopt <command> --help` stays fast)
     from fqopt.plan import AllocationPlan
     from fqopt.units import discover_units
 

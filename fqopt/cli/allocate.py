@@ -7,10 +7,14 @@ from pathlib import Path
 
 import click
 
+from fqopt._io import check_writable
 from fqopt.cli._ui import (RichProgress, force_option, format_option, info, print_json,
                            print_table)
 from fqopt.errors import UserError
-from fqopt.solvers import BUDGET_KINDS  # numpy only: the back-ends load when they run
+from fqopt.sensitivity import SensitivityTable
+# numpy only: the back-ends load when they run
+from fqopt.solvers import BUDGET_KINDS, AllocationProblem, get_solver, solve_ladder
+
 _PLACEHOLDER = "{budget}"
 
 _EPILOG = """\b
@@ -104,10 +108,6 @@ def output_paths(out: str, kind: str, budgets: list[float]) -> list[Path]:
 @format_option
 def command(table_path, budget_text, budget_kind, objective, backend, time_limit, pin_text,
             min_bits, max_bits, out, force, fmt):
-    from fqopt._io import check_writable
-    from fqopt.sensitivity import SensitivityTable
-    from fqopt.solvers import AllocationProblem, get_solver, solve_ladder
-
     if not time_limit > 0:
         raise UserError(f"--time-limit must be positive seconds, got {time_limit}")
     budgets = parse_budgets(budget_text)

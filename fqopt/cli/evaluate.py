@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
+from fqopt._io import check_writable
 from fqopt.cli import _ui
 from fqopt.cli._common import (load_plan_or_uniform, print_report, quantizer_options,
                                resolve_quantizer)
+from fqopt.runs import Run
 
 
 @click.command("evaluate", help="Fairness report of the FP model or of a quantization plan.")
@@ -27,11 +31,8 @@ from fqopt.cli._common import (load_plan_or_uniform, print_report, quantizer_opt
 @_ui.force_option
 def command(run_dir, plan, uniform, split, quantizer, override_quantizer, bootstrap, out, fmt,
             force):
-    from pathlib import Path
-
-    from fqopt._io import check_writable
+    # deferred: loads torch (`fqopt evaluate --help` stays fast)
     from fqopt.evaluation import evaluate
-    from fqopt.runs import Run
 
     if plan is not None and uniform is not None:
         raise click.UsageError("give --plan or --uniform, not both")
@@ -39,6 +40,7 @@ def command(run_dir, plan, uniform, split, quantizer, override_quantizer, bootst
     model = run.model()
     recorded = None
     if plan is not None:
+        # deferred: loads torch (`fqopt evaluate --help` stays fast)
         from fqopt.plan import AllocationPlan
 
         # the plan's quantizer decides the default report name: check before loading the data

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
+from fqopt._io import check_writable
 from fqopt.cli import _ui
 from fqopt.cli._common import quantizer_options, resolve_quantizer
+from fqopt.errors import UserError
+from fqopt.runs import Run
 
 
 @click.command("export", help="Write packed low-bit weights (safetensors) or an ONNX model "
@@ -49,13 +54,13 @@ def command(run_dir, plan, uniform, out, checkpoint, quantizer, override_quantiz
             raise click.UsageError("--check verifies safetensors exports only")
         _check(check_file, run_dir, plan, uniform, out, checkpoint, fmt)
         return
-    from pathlib import Path
 
+    # deferred: loads torch (`fqopt export --help` stays fast)
     from fqopt import packed as ex
-    from fqopt.runs import Run
 
     if (plan is None) == (uniform is None):
         raise click.UsageError("give --plan PLAN or --uniform BITS (one of them)")
+    # deferred: loads torch (`fqopt export --help` stays fast)
     from fqopt.plan import AllocationPlan
 
     recorded = AllocationPlan.load(plan) if plan is not None else None
@@ -64,13 +69,13 @@ def command(run_dir, plan, uniform, out, checkpoint, quantizer, override_quantiz
     stem = Path(plan).stem if plan else f"uniform{uniform}"
     suffix = ".onnx" if file_format == "onnx" else ".safetensors"
     out = Path(out) if out else run.path / "exports" / f"{stem}{suffix}"
-    from fqopt._io import check_writable
 
     check_writable(out, force, what="export")  # before any work
     model = _run_model(run, checkpoint)
     if plan is not None:
         p = plan  # a path: export() loads it and names it in its messages
     else:
+        # deferred: loads torch (`fqopt export --help` stays fast)
         from fqopt.units import discover_units
 
         p = AllocationPlan.uniform(discover_units(model, "layer"), uniform,
@@ -86,9 +91,9 @@ def command(run_dir, plan, uniform, out, checkpoint, quantizer, override_quantiz
 
 
 def _export_onnx(run, model, plan, out, quantizer, allow_over_budget, force, fmt):
+    # deferred: loads torch and numpy (`fqopt export --help` stays fast)
     import numpy as np
     import torch
-
     from fqopt.apply import quantized, resolve_plan
     from fqopt.onnx_export import export_onnx, run_onnx
 
@@ -116,6 +121,7 @@ def _export_onnx(run, model, plan, out, quantizer, allow_over_budget, force, fmt
 def _run_model(run, checkpoint):
     if checkpoint is None:
         return run.model()
+    # deferred: loads torch (`fqopt export --help` stays fast)
     from fqopt import models
 
     model = run.new_model()
@@ -124,6 +130,7 @@ def _run_model(run, checkpoint):
 
 
 def _check(path, run_dir, plan, uniform, out, checkpoint, fmt):
+    # deferred: loads torch (`fqopt export --help` stays fast)
     from fqopt import packed as ex
 
     if uniform is not None or out is not None:
@@ -136,12 +143,8 @@ def _check(path, run_dir, plan, uniform, out, checkpoint, fmt):
         ex.check_same_plan(ef, plan)
     diff = None
     if run_dir is not None:
-        from fqopt.runs import Run
-
         run = Run.open(run_dir)
         if run.model_name != ef.model_name:
-            from fqopt.errors import UserError
-
             raise UserError(f"export {path} holds model {ef.model_name!r}, but run {run.path} "
                             f"is {run.model_name!r}")
         model = _run_model(run, checkpoint)

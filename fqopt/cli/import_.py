@@ -6,6 +6,7 @@ import click
 
 from fqopt.cli import _ui
 from fqopt.cli._common import parse_options, print_report
+from fqopt.runs import import_checkpoint
 
 
 @click.command("import", help="Create a run from a trained checkpoint (no training): profile, "
@@ -32,8 +33,6 @@ from fqopt.cli._common import parse_options, print_report
 @_ui.force_option
 def command(model, checkpoint, dataset, data_root, data_options, image_size, mean, std, seed,
             run_dir, fmt, force):
-    from fqopt.runs import import_checkpoint
-
     options = parse_options(data_options)
     if data_root is not None:
         options["root"] = data_root
@@ -45,7 +44,8 @@ def command(model, checkpoint, dataset, data_root, data_options, image_size, mea
         _ui.info(f"[bold]import[/] {model} ({run.num_classes} classes) from {checkpoint} on "
                  f"{ds.name}: {len(ds)} samples, groups {', '.join(ds.group_names)}, "
                  f"{ds.image_size}px → {run.path}")
-    from fqopt.metrics import FairnessReport
+
+    from fqopt.metrics import FairnessReport  # deferred: numpy (`fqopt import --help` stays fast)
 
     rep = FairnessReport.load(run.reports_dir / "fp_test.json")
     print_report(rep, fmt, title=f"{model} FP32 (imported), test split")

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
+from fqopt._io import check_writable
 from fqopt.cli import _ui
 from fqopt.cli._common import parse_bits
+from fqopt.errors import UserError
+from fqopt.runs import Run
 
 METHOD_NAMES = ("fisher", "hutchinson", "measured", "gradient", "grape")
 
@@ -44,13 +49,9 @@ METHOD_NAMES = ("fisher", "hutchinson", "measured", "gradient", "grape")
 @_ui.force_option
 def command(run_dir, method, granularity, bits_text, calib, split, quantizer, pin, batch_size,
             first_order, probes, allow_empty_groups, seed, device, out, fmt, force):
-    from pathlib import Path
-
-    from fqopt._io import check_writable
-    from fqopt.errors import UserError
+    # deferred: loads torch (`fqopt profile --help` stays fast)
     from fqopt.evaluation import resolve_device
     from fqopt.profiling import available_methods, profile
-    from fqopt.runs import Run
 
     if method not in available_methods():
         raise UserError(f"--method {method!r} is not a sensitivity method; expected one of "

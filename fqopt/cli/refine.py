@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from fqopt.cli import _ui
-from fqopt.cli._common import quantizer_options, resolve_quantizer
+from fqopt.cli._common import parse_bits, quantizer_options, resolve_quantizer
+from fqopt.errors import UserError
+from fqopt.runs import Run
+from fqopt.solvers import get_solver  # numpy only: the back-ends load when they run
 
 FAIRNESS_HELP = "range (FairQuant), worst, cvar[:α] or dro[:η] (Group DRO)."
 
@@ -54,15 +59,9 @@ def command(run_dir, plan_path, budget, budget_kind, fairness, lambda_fair, lamb
             epochs, finetune_epochs, lr, bit_lr, batch_size, steps_per_epoch, balanced,
             bits_text, quantizer, override_quantizer,
             solver, allow_over_budget, seed, device, out_dir, fmt, force):
-    from pathlib import Path
-
+    # deferred: loads torch (`fqopt refine --help` stays fast)
     from fqopt.baq import finished_refinement, refine, step_time_ratio
-    from fqopt.errors import UserError
-    from fqopt.cli._common import parse_bits
-    from fqopt.runs import Run
-
     from fqopt.plan import AllocationPlan
-    from fqopt.solvers import get_solver
 
     get_solver(solver)  # an unknown back-end fails before any training
     quantizer = resolve_quantizer(AllocationPlan.load(plan_path), quantizer, override_quantizer,

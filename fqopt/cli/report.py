@@ -4,26 +4,20 @@ from __future__ import annotations
 
 import click
 
+from fqopt import search  # light: its names load torch and Optuna on first use
 from fqopt.cli import _ui
+from fqopt.cli._render import open_search, study_options
 
 
 @click.command("report", help="Write RUN/reports/report.html (self-contained) and PNG figures.")
 @_ui.run_option()
-@click.option("--storage", default=None,
-              help="Optuna storage URL of a shared study [default: sqlite:///RUN/study.db].")
-@click.option("--study", "study_name", default=None, help="Study name.")
+@study_options
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Folder for report.html and the PNGs [default: RUN/reports].")
 @_ui.force_option
 def command(run_dir, storage, study_name, out_dir, force):
-    from fqopt.cli.search import quiet_optuna
-    from fqopt.runs import Run
-    from fqopt.search._report import open_search, write_report
-
-    quiet_optuna()
-    run = Run.open(run_dir)
-    study, results = open_search(run, storage=storage, study_name=study_name)
+    run, study, results = open_search(run_dir, storage, study_name)
     with _ui.RichProgress(transient=True) as cb:
-        path = write_report(run, study, results, force=force, callback=cb, out_dir=out_dir)
+        path = search.write_report(run, study, results, force=force, callback=cb, out_dir=out_dir)
     pngs = sorted(p.name for p in path.parent.glob("*.png"))
     _ui.info(f"saved {path} and {len(pngs)} figures ({', '.join(pngs)}) in {path.parent}")

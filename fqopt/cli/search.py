@@ -4,26 +4,13 @@ from __future__ import annotations
 
 import click
 
+from fqopt import search  # light: its names load torch and Optuna on first use
 from fqopt.cli import _ui
-
-# keep in sync with fqopt.search._study.DEFAULT_TRIALS (not imported: `fqopt --help` stays fast)
-DEFAULT_TRIALS = 100
-
-
-def quiet_optuna() -> None:
-    """Optuna logs every trial at INFO and warns about experimental features we rely on
-    (heartbeats, metric names, constraints); the CLI shows its own progress instead."""
-    import warnings
-
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+from fqopt.cli._render import print_pareto, print_summary
+from fqopt.errors import UserError
 
 
 def _split_list(text: str, what: str) -> tuple[str, ...]:
-    from fqopt.errors import UserError
-
     items = tuple(x.strip() for x in text.split(",") if x.strip())
     if not items:
         raise UserError(f"{what} must be a comma list, got {text!r}")
@@ -31,9 +18,9 @@ def _split_list(text: str, what: str) -> tuple[str, ...]:
 
 
 def _check_names(methods, quantizers) -> None:
-    from fqopt.errors import UserError
+    # deferred: both modules load torch (`fqopt search --help` stays fast)
     from fqopt.profiling import available_methods
-    from fqopt.quantizers import METHODS as QUANTIZERS
+    from fqopt.quantizers import QUANTIZERS
 
     for option, given, known in (("--methods", methods, available_methods()),
                                  ("--quantizers", quantizers, QUANTIZERS)):
@@ -48,7 +35,8 @@ def _check_names(methods, quantizers) -> None:
                               "train the default run if needed, profile, search, re-evaluate "
                               "the Pareto plans on the test split and write the report.")
 @_ui.run_option()
-@click.option("--trials", type=click.IntRange(1), default=DEFAULT_TRIALS, show_default=True,
+@click.option("--trials", type=click.IntRange(1), default=search.DEFAULT_TRIALS,
+              show_default=True,
               help="Complete trials the study should hold in total (a resumed or shared study "
                    "runs only the missing ones).")
 @click.option("--storage", default=None,
@@ -80,7 +68,8 @@ def _check_names(methods, quantizers) -> None:
               default="finetune", show_default=True,
               help="finetune: fixed-bit fine-tuning of the plan's weights (CE + 0.5·range of "
                    "group losses, 100 steps); baq: BAQ, bit-widths learned too.")
-@click.option("--budget", type=click.FloatRange(2.0, 8.0), default=4.0, show_default=True,
+@click.option("--budget", type=click.FloatRange(2.0, 8.0), default=search.DEFAULT_BUDGET,
+              show_default=True,
               help="Average bits per weight the summary recommends a plan for (the Pareto plan "
                    "with the best search worst_acc at or below it).")
 @click.option("--no-report", is_flag=True, help="Skip report.html and the figures.")
@@ -104,119 +93,49 @@ def command(run_dir, trials, storage, study_name, sampler, seed, granularity, me
             quantizers, budget_range, direct, refine_top, refine_mode, budget, no_report,
             timeout, force,
             dataset, model, samples, image_size, epochs, fmt):
-    from fqopt.search._pipeline import TrainOptions, precheck, run_pipeline
-    from fqopt.search._space import parse_budget_range
-
-    quiet_optuna()
-    lo_hi = parse_budget_range(budget_range)
+    search.quiet_optuna()
+    lo_hi = search.parse_budget_range(budget_range)
     method_list = _split_list(methods, "--methods")
     quantizer_list = _split_list(quantizers, "--quantizers")
     _check_names(method_list, quantizer_list)  # before training, profiling or any storage
-    train = TrainOptions(dataset=dataset, model=model, samples=samples, image_size=image_size,
-                         epochs=epochs, seed=seed)
-    precheck(run_dir, storage=storage, study_name=study_name, granularity=granularity,
-             direct=direct, force=force)
+    train = search.TrainOptions(dataset=dataset, model=model, samples=samples,
+                                image_size=image_size, epochs=epochs, seed=seed)
+    # run_pipeline checks the storage and an existing study first (search.precheck), before
+    # the progress display has drawn anything
     with _ui.RichProgress() as cb:
-        result = run_pipeline(run_dir, n_trials=trials, storage=storage, study_name=study_name,
-                              sampler=sampler, seed=seed, granularity=granularity,
-                              methods=method_list, quantizers=quantizer_list,
-                              budget_range=lo_hi, direct=direct, refine_top=refine_top,
-                              refine_mode=refine_mode,
-                              report=not no_report, timeout=timeout, force=force, train=train,
-                              budget=budget, callback=cb)
+        result = search.run_pipeline(run_dir, n_trials=trials, storage=storage,
+                                     study_name=study_name, sampler=sampler, seed=seed,
+                                     granularity=granularity, methods=method_list,
+                                     quantizers=quantizer_list, budget_range=lo_hi,
+                                     direct=direct, refine_top=refine_top,
+                                     refine_mode=refine_mode, report=not no_report,
+                                     timeout=timeout, force=force, train=train,
+                                     budget=budget, callback=cb)
     res = result.results
+    summary = res.summary
     if fmt == "json":
         _ui.print_json({"results": str(result.results_path),
                         "report": None if result.report_path is None else
-                        str(result.report_path), "study": res["study"], "check": res["check"],
-                        "summary": res.get("summary"),
+                        str(result.report_path), "study": res.study.to_dict(),
+                        "check": res.check.to_dict(),
+                        "summary": None if summary is None else summary.to_dict(),
                         "stages": result.stages, "notes": result.notes,
-                        "pareto": [{k: r[k] for k in ("index", "trial", "label", "avg_bits",
-                                                      "plan_file")}
-                                   | {"search": {m: r["search"][m] for m in
-                                                 ("avg_acc", "worst_acc")},
-                                      "test": {m: r["test"][m] for m in
-                                               ("avg_acc", "worst_acc")}}
-                                   for r in res["pareto"]]})
+                        "pareto": [{"index": r.index, "trial": r.trial, "label": r.label,
+                                    "avg_bits": r.avg_bits, "plan_file": r.plan_file,
+                                    "search": {m: r.search.get(m) for m in
+                                               ("avg_acc", "worst_acc")},
+                                    "test": {m: r.test.get(m) for m in
+                                             ("avg_acc", "worst_acc")}}
+                                   for r in res.pareto]})
         return
-    from fqopt.cli.show import print_pareto
-    from fqopt.search._report import pareto_rows
-
-    summary = res.get("summary") or {}
-    print_pareto(pareto_rows(result.run, result.study, res),
-                 title=f"Pareto plans of {res['study']['name']} "
-                       f"({res['study']['states'].get('complete', 0)} complete trials)",
-                 recommended=(summary.get("recommended") or {}).get("trial"),
-                 budget=summary.get("budget"))
+    recommended = None if summary is None or summary.recommended is None else \
+        summary.recommended.trial
+    print_pareto(search.pareto_rows(result.run, result.study, res),
+                 title=f"Pareto plans of {res.study.name} "
+                       f"({res.study.states.get('complete', 0)} complete trials)",
+                 recommended=recommended, budget=None if summary is None else summary.budget)
     for note in result.notes:
         _ui.info(f"note: {note}")
     times = ", ".join(f"{k} {v:.0f} s" for k, v in result.stages.items())
     _ui.info(f"stages: {times}")
     print_summary(res, result.report_path)
-
-
-def _kb(n) -> str:
-    return "–" if n is None else f"{n / 1024:.1f} KiB"
-
-
-def print_summary(res: dict, report_path=None) -> None:
-    """The end of a search: which plan to use and how sure that is, in a few lines (stderr)."""
-    from fqopt.search._verdict import describe, interval_text
-
-    s = res.get("summary") or {}
-    info = _ui.info
-    budget = s.get("budget", 4.0)
-    info(f"[bold]── summary ──[/] (95 % bootstrap intervals over the test images; a difference "
-         "whose interval contains 0 is a tie)")
-    fp = (res.get("fp32") or {}).get("test")
-    if fp:
-        info(f"FP32: test worst_acc {interval_text(fp, 'worst_acc')}, avg_acc "
-             f"{interval_text(fp, 'avg_acc')}")
-    rec = s.get("recommended")
-    if rec is None:
-        info(f"[red]No Pareto plan at ≤ {budget:g} average bits[/]: raise --budget or widen "
-             "--budget-range")
-    else:
-        name = (rec.get("plan_file") or "").rsplit("/", 1)[-1] or f"trial {rec['trial']}"
-        info(f"[bold green]Recommended at ≤ {budget:g} bits:[/] {name} — {rec['label']}, "
-             f"{rec['avg_bits']:.2f} bits, {_kb(rec.get('size_bytes'))} "
-             f"(best search worst_acc {rec['search']['worst_acc']:.3f} within the budget)")
-        if rec.get("test"):
-            info(f"  test: worst_acc {interval_text(rec['test'], 'worst_acc')} "
-                 f"({rec['test'].get('worst_group')}), avg_acc "
-                 f"{interval_text(rec['test'], 'avg_acc')}")
-        base = s.get("best_baseline")
-        if base is not None:
-            info(f"  best baseline at ≤ {budget:g} bits (strongest test worst_acc of uniform, "
-                 f"FairQuant, HAWQ-style): {base['label']} ({base['avg_bits']:.2f} "
-                 f"bits), test worst_acc {interval_text(base.get('test'), 'worst_acc')}, avg_acc "
-                 f"{interval_text(base.get('test'), 'avg_acc')}")
-            cmp = s.get("comparison")
-            how = "paired" if cmp and "paired" in cmp.get("method", "") else "unpaired"
-            info(f"  recommended − baseline ({how}): worst_acc {describe(cmp, 'worst_acc')}; "
-                 f"avg_acc {describe(cmp, 'avg_acc')}")
-        if s.get("export_command"):
-            info(f"  export it: {s['export_command']}")
-    for r in s.get("refined") or []:
-        cmp = r.get("comparison")
-        src = (r.get("from") or "").rsplit("/", 1)[-1]
-        sw = r.get("search_worst_acc") or {}
-        chosen = "search worst_acc {:.3f} vs {:.3f}".format(
-            sw.get("refined") or float("nan"), sw.get("static") or float("nan"))
-        word = (f"deploy the refined model: its plan with its checkpoint ({chosen})"
-                if r.get("use_refined") else
-                f"keep {src}, it needs no refined checkpoint ({chosen})")
-        info(f"Refined ({r['label']}, {r['avg_bits']:.2f} bits): test worst_acc "
-             f"{interval_text(r.get('test'), 'worst_acc')} against "
-             f"{interval_text(r.get('source_test'), 'worst_acc')} before; "
-             f"{describe(cmp, 'worst_acc')} — {word}")
-        if r.get("export_command"):
-            info(f"  export it: {r['export_command']}")
-    st = res.get("study") or {}
-    info(f"Study {st.get('name')} in {st.get('storage')} "
-         f"({(st.get('states') or {}).get('complete', 0)} complete trials); open it with:")
-    info(f"  {st.get('dashboard')}")
-    if report_path is not None:
-        info(f"Report: {report_path}")
-    info(f"Results: {res.get('run', {}).get('path')}/reports/search_test.json; "
-         "plans in its plans/ folder (`fqopt show` lists them)")
