@@ -126,10 +126,21 @@ def fqopt_static(ctx: "ModelContext", budget: float) -> "Candidate":
     return Candidate(plan=plan, quantizer=plan.quantizer)
 
 
+#: fqopt's fine-tune of session 4 (before distillation and the max-abs training quantizer)
+S4_FINETUNE = {"epochs": 0, "finetune_epochs": 2, "steps_per_epoch": 50, "fairness": "range",
+               "lambda_fair": 0.5}
+
+
 def _fine_tuned(ctx, plan, tag: str, **settings) -> "Candidate":
-    """``plan`` with the run's weights fine-tuned by ``fqopt.refine`` (bits kept)."""
+    """``plan`` with the run's weights fine-tuned by ``fqopt.refine`` (bits kept); a
+    ``quantizer`` in ``settings`` replaces the plan's (training and evaluation)."""
     from fqopt import models
     from fqopt.baq import refine
+
+    q = settings.pop("quantizer", None)
+    if q is not None and q != plan.quantizer:
+        plan = copy.deepcopy(plan)
+        plan.quantizer = q
 
     res = refine(ctx.run, plan, budget=plan.avg_bits, quantizer=plan.quantizer, seed=ctx.seed,
                  device="cpu", out_dir=ctx.run.path / f"frontier-fqopt-{tag}" /
@@ -142,7 +153,8 @@ def _fine_tuned(ctx, plan, tag: str, **settings) -> "Candidate":
 
 
 def fqopt_search(ctx: "ModelContext", budget: float) -> "Candidate":
-    """What ``fqopt search`` recommends: best search-split worst_acc with avg_bits ≤ budget."""
+    """What ``fqopt search`` recommends: best search-split worst_acc with avg_bits ≤ budget,
+    refined by the search's default refinement."""
     from fqopt.plan import AllocationPlan
 
     study = ctx.study()
@@ -157,9 +169,14 @@ def fqopt_search(ctx: "ModelContext", budget: float) -> "Candidate":
         raise Skip(f"no study plan within {budget:g} bits")
     t = best[1]
     plan = AllocationPlan.from_dict(t.user_attrs["plan"], source=f"trial {t.number}")
-    return Candidate(plan=plan, quantizer=t.params.get("quantizer", "maxabs"),
-                     info={"trial": t.number, "label": t.user_attrs.get("fqopt:label"),
-                           "search_worst_acc": t.values[1], "search_avg_acc": t.values[0]})
+    plan.quantizer = t.params.get("quantizer", "maxabs")
+    # refined as the search refines the plan it recommends
+    from fqopt.search import REFINE_MODES
+
+    cand = _fine_tuned(ctx, plan, f"search-{budget:g}", **REFINE_MODES["finetune"])
+    cand.info.update(trial=t.number, label=t.user_attrs.get("fqopt:label"),
+                     search_worst_acc=t.values[1], search_avg_acc=t.values[0])
+    return cand
 
 
 def fqopt_maxabs(ctx: "ModelContext", budget: float) -> "Candidate":
@@ -193,9 +210,7 @@ def fqopt_static_bn(ctx: "ModelContext", budget: float) -> "Candidate":
 
 def _fine_tune_variant(fairness: str, balanced: bool, tag: str):
     def row(ctx, budget):
-        from fqopt.search._pipeline import REFINE_MODES
-
-        settings = dict(REFINE_MODES["finetune"], fairness=fairness, balanced=balanced)
+        settings = dict(S4_FINETUNE, fairness=fairness, balanced=balanced)
         return _fine_tuned(ctx, fqopt_static(ctx, budget).plan, tag, **settings)
     return row
 
@@ -245,17 +260,25 @@ register_row("fqopt_search", "fqopt search recommends", kind="fqopt")(fqopt_sear
 register_row("fqopt_static", "fqopt worst, mse (static)", kind="fqopt")(fqopt_static)
 
 
-@register_row("fqopt_default", "fqopt default (worst, mse, fine-tuned)", kind="fqopt")
+@register_row("fqopt_default", "fqopt default (worst, mse plan, fine-tuned with distillation)",
+              kind="fqopt")
 def fqopt_default(ctx, budget):
     """fqopt's default output at a budget: the static ``worst`` plan (fisher table profiled with
-    the ``mse`` quantizer, channel units, stem and head pinned at 8 bits, lagrange), applied with
-    ``mse``, fine-tuned as ``fqopt search`` refines and deploys its recommended plan
-    (``search._pipeline.REFINE_MODES['finetune']``: the plan's bits kept, weights fine-tuned for
-    2 × 50 steps with CE + 0.5·range of group losses)."""
-    from fqopt.search._pipeline import REFINE_MODES
+    the ``mse`` quantizer, channel units, stem and head pinned at 8 bits, lagrange), refined as
+    ``fqopt search`` refines and deploys its recommended plan
+    (``fqopt.search.REFINE_MODES['finetune']``: the plan's bits kept, weights fine-tuned for
+    2 × 50 steps with CE + 0.5·range of group losses and distillation from the FP model, α = 0.5,
+    trained and deployed with the max-abs quantizer)."""
+    from fqopt.search import REFINE_MODES
 
-    return _fine_tuned(ctx, fqopt_static(ctx, budget).plan, "default",
+    return _fine_tuned(ctx, fqopt_static(ctx, budget).plan, "default5",
                        **REFINE_MODES["finetune"])
+
+
+@register_row("fqopt_ft_mse", "fqopt worst, mse, fine-tuned (session-4 default)", kind="fqopt")
+def fqopt_ft_mse(ctx, budget):
+    """Session 4's default: the same plan fine-tuned with CE + 0.5·range under ``mse``."""
+    return _fine_tuned(ctx, fqopt_static(ctx, budget).plan, "default", **S4_FINETUNE)
 
 
 register_row("fqopt_maxabs", "fqopt worst, maxabs (static, pre-session-4 default)",
@@ -263,14 +286,10 @@ register_row("fqopt_maxabs", "fqopt worst, maxabs (static, pre-session-4 default
 register_row("fqopt_static_bn", "fqopt worst, mse, BN re-estimated", kind="fqopt")(
     fqopt_static_bn)
 def fqopt_ft_maxabs(ctx: "ModelContext", budget: float) -> "Candidate":
-    """The static ``worst`` plan (mse table, mse-chosen bits) fine-tuned and deployed with the
-    max-abs quantizer: straight-through training on a grid that follows the weights, as
-    FQ-QAT trains (the mse scale is re-searched at every step)."""
-    from fqopt.search._pipeline import REFINE_MODES
-
-    plan = copy.deepcopy(fqopt_static(ctx, budget).plan)
-    plan.quantizer = "maxabs"
-    return _fine_tuned(ctx, plan, "ft-maxabs", **REFINE_MODES["finetune"])
+    """The static ``worst`` plan fine-tuned and deployed with the max-abs quantizer, without
+    distillation (:func:`fqopt_default` less distillation)."""
+    return _fine_tuned(ctx, fqopt_static(ctx, budget).plan, "ft-maxabs",
+                       **dict(S4_FINETUNE, quantizer="maxabs"))
 
 
 register_row("fqopt_ft_maxabs", "fqopt worst, fine-tuned with maxabs", kind="fqopt")(
@@ -294,7 +313,7 @@ def _ceiling(ctx, budget):
     :func:`fqopt_default`. A fine-tuned quantized model that reaches this row has nothing left to
     recover; one above it has learned something the FP model had not."""
     from fqopt.plan import AllocationPlan
-    from fqopt.search._pipeline import REFINE_MODES
+    from fqopt.search import REFINE_MODES
     from fqopt.units import discover_units
 
     units = discover_units(ctx.model, "layer", pin="none",
@@ -767,6 +786,10 @@ def cache_key(args, family: Family, row: Row) -> str:
         parts.update(trials=args.search_trials, lo=min(args.budgets))
     if row.finetune:
         parts.update(ep=args.finetune_epochs, steps=args.finetune_steps)
+    if row.name in ("fqopt_default", "fqopt_select", "fqopt_search", "ceiling"):
+        from fqopt.search import REFINE_MODES
+
+        parts["refine"] = REFINE_MODES["finetune"]   # what these rows' refinement is
     if row.name.startswith("fqopt") or row.name == "hawq_mean":
         parts["calib"] = args.calib
         parts["tables"] = "mse"  # fisher tables profiled with mse since session 4

@@ -22,12 +22,15 @@ DEFAULT_CALIB = 1024
 
 #: ``mode -> fqopt.baq.refine`` settings of the refinement stage. ``finetune`` (the default):
 #: the plan's bits kept, its weights fine-tuned for 2 × 50 steps with CE + 0.5·(max − min group
-#: loss) (FairQuant's FQ-QAT recipe, on fqopt's plan); on benchmarks/frontier.py it added 0.9-2.4
-#: points of type-VI test accuracy to the static mse plan at 2.25-3 bits, where BAQ (bits
-#: learned too, ``baq``) had gained nothing over fixed-bit fine-tuning (benchmarks/refine.py).
+#: loss) as FairQuant's FQ-QAT, plus distillation from the FP model (α = 0.5) and the max-abs
+#: quantizer while training and after (straight-through training on a grid that follows the
+#: weights; the mse scale search stays what chooses the plan). Measured on
+#: benchmarks/frontier.py (docs: benchmarks/RESULTS.md, Frontier, session 5); BAQ (bits learned
+#: too, ``baq``) had gained nothing over fixed-bit fine-tuning (benchmarks/refine.py). A mode's
+#: ``quantizer``, when given, replaces the plan's.
 REFINE_MODES = {
     "finetune": {"epochs": 0, "finetune_epochs": 2, "steps_per_epoch": 50, "fairness": "range",
-                 "lambda_fair": 0.5},
+                 "lambda_fair": 0.5, "distill": 0.5, "quantizer": "maxabs"},
     "baq": {},
 }
 

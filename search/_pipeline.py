@@ -198,7 +198,8 @@ def refine_plans(run, records: list[PlanRecord], top: int, *, seed: int = 0, cal
     fine-tuning, or BAQ).
 
     Calls ``fqopt.baq.refine(run, plan, budget=plan.avg_bits, quantizer=q, seed=seed,
-    evaluate=False, callback=cb, **REFINE_MODES[mode])``, then evaluates ``result.checkpoint``
+    evaluate=False, callback=cb, **REFINE_MODES[mode])`` (``q``: the mode's ``quantizer``, else
+    the plan's; the refined plan records it), then evaluates ``result.checkpoint``
     (refined FP weights)
     under ``result.plan`` on the search and test splits here (test with bootstrap intervals;
     its predictions go into ``predictions`` when given, for the paired comparison with the
@@ -226,9 +227,12 @@ def refine_plans(run, records: list[PlanRecord], top: int, *, seed: int = 0, cal
             else:
                 _cb(callback, f"{_prefix}: {stage}", done, total, **info)
 
+        settings = dict(REFINE_MODES[mode])
+        # the mode's quantizer trains and deploys the refined model; else the plan's own
+        quantizer = settings.pop("quantizer", None) or rec.quantizer
         try:
-            res = refine(run, plan, budget=plan.avg_bits, quantizer=rec.quantizer,
-                         seed=seed, evaluate=False, callback=cb, **REFINE_MODES[mode])
+            res = refine(run, plan, budget=plan.avg_bits, quantizer=quantizer,
+                         seed=seed, evaluate=False, callback=cb, **settings)
         except UserError as exc:  # the search's results stand without this refinement
             notes.append(f"refinement ({mode}) of {rec.plan_file} failed: {exc}")
             continue
@@ -242,23 +246,23 @@ def refine_plans(run, records: list[PlanRecord], top: int, *, seed: int = 0, cal
             _cb(callback, f"{prefix}: evaluate", 0 if split == "search" else 1, 2, split=split)
             ev = SplitEvaluator(model, run.dataset(), split)
             reports[split] = SplitFigures(compact_report(ev.report(
-                new_plan, rec.quantizer, bootstrap=TEST_BOOTSTRAP if split == "test" else 0
+                new_plan, quantizer, bootstrap=TEST_BOOTSTRAP if split == "test" else 0
             )[0]))
             if split == "test" and predictions is not None:
-                pred_key = "refined:" + plan_key(new_plan, rec.quantizer)
+                pred_key = "refined:" + plan_key(new_plan, quantizer)
                 predictions.add(pred_key, ev.last_predictions)
         _cb(callback, f"{prefix}: evaluate", 2, 2)
-        fname = f"refined-{rec.index:02d}-{new_plan.avg_bits:.2f}b-{mode}-{rec.quantizer}.json"
-        new_plan.quantizer = rec.quantizer
+        fname = f"refined-{rec.index:02d}-{new_plan.avg_bits:.2f}b-{mode}-{quantizer}.json"
+        new_plan.quantizer = quantizer
         new_plan.meta.update(refined_from=rec.plan_file, trial=rec.trial,
-                             quantizer=rec.quantizer,
+                             quantizer=quantizer,
                              checkpoint=None if checkpoint is None else str(checkpoint))
         new_plan.save(plans_dir / fname)
         out.append(RefinedRecord(
             from_index=rec.index, trial=rec.trial,
             label=f"{'fine-tuned' if mode == 'finetune' else 'BAQ of'} {name}", mode=mode,
             plan_file=f"plans/{fname}", avg_bits=float(new_plan.avg_bits),
-            quantizer=rec.quantizer, size_bytes=new_plan.size_bytes, search=reports["search"],
+            quantizer=quantizer, size_bytes=new_plan.size_bytes, search=reports["search"],
             test=reports["test"], pred=pred_key,
             checkpoint=None if checkpoint is None else str(checkpoint),
             seconds=time.perf_counter() - t0))
