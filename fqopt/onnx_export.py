@@ -137,7 +137,7 @@ def export_onnx(model: nn.Module, plan, path, *, method: str | None = None, imag
     from fqopt.apply import resolve_plan
     from fqopt.packed import check_budget
     from fqopt.quantizers import METHODS, choose_scale, quantize
-    from fqopt.units import quantizable_layers
+    from fqopt.discovery import quantizable_layers
 
     _need_onnx()
     import onnx

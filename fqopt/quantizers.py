@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from fqopt.errors import UserError
+from fqopt.units import MAX_BITS, MIN_BITS, check_bits
 
 METHODS = ("maxabs", "mse")
 MSE_GRID = tuple(1.0 - 0.04 * i for i in range(16))  # c in {1.00, 0.96, ..., 0.40}
@@ -30,8 +31,8 @@ def _bits_tensor(bits, w: torch.Tensor) -> torch.Tensor:
             raise UserError(f"{b.numel()} bit-widths for a weight with {w.shape[0]} output channels")
     else:
         b = torch.full((w.shape[0],), float(bits), device=w.device, dtype=w.dtype)
-    if torch.any((b < 2) | (b > 8)) or torch.any(b != torch.round(b)):
-        raise UserError(f"bit-widths must be integers in 2-8, got {sorted(set(b.tolist()))}")
+    if torch.any((b < MIN_BITS) | (b > MAX_BITS)) or torch.any(b != torch.round(b)):
+        check_bits(sorted(set(b.tolist())), what="bit-widths")  # names the bad values
     return b.reshape(shape)
 
 

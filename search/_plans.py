@@ -67,8 +67,6 @@ class PlanMaker:
 
     def __init__(self, tables: dict, *, model_name: str, backend: str | None = None,
                  time_limit: float | None = None, cache_size: int = 64):
-        from fqopt.sensitivity import table_unit_set
-
         if not tables:
             raise UserError("the search needs at least one sensitivity table")
         self.tables = dict(tables)
@@ -80,17 +78,18 @@ class PlanMaker:
             if t.groups != first.groups:
                 raise UserError(f"sensitivity tables disagree on groups: {t.groups} vs "
                                 f"{first.groups}")
-        self.units = table_unit_set(first)
-        self.granularity = self.units.granularity
         self.bits = [int(b) for b in first.bits]
         self.model_name = model_name
-        # channel scale: fqopt's Lagrangian solver (certified, sub-second); layer scale: auto
-        # (exact CP-SAT on a few dozen units)
-        self.backend = backend or ("lagrange" if self.granularity == "channel" else "auto")
         self.time_limit = time_limit
         self._problems: OrderedDict = OrderedDict()
         self._solvers: dict = {}
         self._cache_size = cache_size
+        # the units (and their pins) come from the problem, as every plan's do
+        self.units = self.problem(next(iter(self.tables)), "worst", 8.0).units
+        self.granularity = self.units.granularity
+        # channel scale: fqopt's Lagrangian solver (certified, sub-second); layer scale: auto
+        # (exact CP-SAT on a few dozen units)
+        self.backend = backend or ("lagrange" if self.granularity == "channel" else "auto")
 
     def table(self, method: str):
         if method not in self.tables:
@@ -148,8 +147,8 @@ class PlanMaker:
         if not res.ok:
             raise UserError(f"solver {res.backend} found no plan for {method} at "
                             f"{budget:g} average bits ({res.status}: {res.message})")
-        plan = res.to_plan(self.units, model=self.model_name)
-        plan.meta.update(method=method)
+        # a search plan lists only the bit-widths it uses (refinement keeps to those)
+        plan = res.to_plan(model=self.model_name, meta={"method": method}, bits="used")
         return plan, res
 
     def uniform(self, bits: int):
