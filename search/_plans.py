@@ -25,6 +25,8 @@ from collections.abc import Callable
 import numpy as np
 
 from fqopt.errors import UserError
+from fqopt.plan import AllocationPlan
+from fqopt.solvers import AllocationProblem, get_solver
 
 FAIRQUANT_BITS = (2, 4, 8)
 FAIRQUANT_SHARES = (0.2, 0.4, 0.4)
@@ -100,8 +102,6 @@ class PlanMaker:
     def problem(self, method: str, objective: str, budget: float, *, scores: str | None = None):
         """The allocation problem for ``method``'s table: one reduction per table, re-targeted
         with ``with_objective`` (cached) and ``with_budget``."""
-        from fqopt.solvers import AllocationProblem
-
         key = (method, objective, scores)
         prob = self._problems.get(key)
         if prob is None:
@@ -128,8 +128,6 @@ class PlanMaker:
     def solver(self, backend: str, **options):
         """One solver instance per back-end (without options), kept across trials: the
         Lagrangian back-end reuses its master LP and cuts per table."""
-        from fqopt.solvers import get_solver
-
         if options:
             return get_solver(backend, **options)
         if backend not in self._solvers:
@@ -152,16 +150,12 @@ class PlanMaker:
         return plan, res
 
     def uniform(self, bits: int):
-        from fqopt.plan import AllocationPlan
-
         if bits not in self.bits:
             raise UserError(f"uniform {bits} bits is not a candidate bit-width {self.bits}")
         return AllocationPlan.uniform(self.units, int(bits), model=self.model_name)
 
     def from_layer_bits(self, layer_bits: dict[str, int], *, objective: str = "direct"):
         """A plan with one bit-width per layer (pinned layers keep their pins)."""
-        from fqopt.plan import AllocationPlan
-
         unit_bits = np.zeros(len(self.units), dtype=np.int64)
         slices = self.units.unit_slices()
         for layer in self.units.layers:

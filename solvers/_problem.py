@@ -400,7 +400,8 @@ class AllocationProblem:
 
         costs: ``[U, G, K]`` in ``units.names`` order; bits: ``[K]`` candidate bit-widths.
         pins: ``"default"`` (``units.pinned``), ``"none"``/``None``, or a dict layer-or-unit
-            name -> bits (a layer name pins all of its units).
+            name -> bits: a number (a layer name pins all of its units to it) or one bit-width
+            per unit of the layer (e.g. a plan's own per-channel bits).
         min_bits, max_bits: a number, or a dict layer-or-unit name -> bits.
         ties: ``"default"`` (``units.ties``), ``None``, or lists of layer or unit names (layers
             tie channel by channel).
@@ -435,7 +436,14 @@ class AllocationProblem:
         elif pins is None or (isinstance(pins, str) and pins == "none"):
             pin_units = {}
         elif isinstance(pins, dict):
-            pin_units = {u: int(b) for name, b in pins.items() for u in members(name)}
+            pin_units = {}
+            for name, b in pins.items():
+                idx = members(name)
+                vals = np.asarray(b, dtype=np.int64).reshape(-1)
+                if vals.size not in (1, len(idx)):
+                    raise UserError(f"{source}: {vals.size} pinned bit-widths for {name!r}, "
+                                    f"which has {len(idx)} units")
+                pin_units.update(zip(idx, np.broadcast_to(vals, (len(idx),)).tolist()))
         else:
             raise UserError(f"pins must be 'default', 'none' or a dict name -> bits, got {pins!r}")
         if isinstance(ties, str) and ties == "default":
