@@ -9,7 +9,7 @@ import numpy as np
 
 from fqopt.errors import UserError
 from fqopt.plan import DEFAULT_QUANTIZER, AllocationPlan
-from fqopt.sensitivity import SensitivityTable, table_provenance
+from fqopt.sensitivity import SensitivityTable, table_provenance, table_unit_set
 from fqopt.units import UnitSet
 
 STATUSES = ("optimal", "feasible", "infeasible", "timeout")
@@ -106,8 +106,8 @@ class AllocationResult:
 
         ``table_or_units`` is accepted for compatibility (the table the problem came from, or a
         :class:`~fqopt.units.UnitSet`); it must describe the same units. A table given is read
-        for provenance as it is now; a UnitSet is needed only for a problem built by hand, and
-        given, ``bits`` defaults to ``"used"`` as it did.
+        for provenance as it is now; for a problem built by hand, the table or a UnitSet gives
+        the units (with a UnitSet, ``bits`` defaults to ``"used"`` as it did).
         """
         if self.assignment is None:
             raise UserError(f"no plan to write: the {self.backend} solve ended "
@@ -124,6 +124,7 @@ class AllocationResult:
                 bits = bits or "used"
             else:  # the table as it is now (its meta may have been edited since)
                 prov = table_provenance(table_or_units)
+                units = table_unit_set(table_or_units) if units is None else units
             if len(given) != len(self.assignment) or (units is not None
                                                       and list(given) != units.names):
                 raise UserError("to_plan: the table or units given are not those the problem "

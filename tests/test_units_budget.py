@@ -199,6 +199,9 @@ def test_to_plan_of_a_hand_built_problem_needs_units():
         res.to_plan()
     plan = res.to_plan(units)         # the old call: used bits only, maxabs, model unknown
     assert plan.bits == sorted(set(res.assignment.tolist())) and plan.model == "unknown"
+    from_table = res.to_plan(table)   # the old call with the table: its units and provenance
+    assert from_table.bits == [2, 4, 8] and from_table.model == "toy"
+    assert from_table.quantizer == "mse" and from_table.assignments == plan.assignments
 
 
 def test_one_tolerance_at_the_boundary(tiny_units):
