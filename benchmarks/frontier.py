@@ -85,6 +85,7 @@ import numpy as np
 import torch
 
 from fqopt.errors import UserError
+from fqopt.units import MAX_BITS, MIN_BITS
 
 ALL_BUDGETS = (2.25, 2.5, 2.75, 3.0, 3.5, 4.0)
 FQ_BITS, FQ_SHARES = (2, 4, 8), (0.2, 0.4, 0.4)
@@ -513,7 +514,7 @@ class FairQuantAsShipped:
         res = get_solver("quantile", bits=bits, shares=shares, match_budget=True).solve(prob)
         if not res.ok:
             raise Skip(f"quantile rule: {res.status} {res.message}")
-        plan = res.to_plan(t, model=self.ctx.family.model)
+        plan = res.to_plan(model=self.ctx.family.model)
         plan.objective = f"fairquant:{method}+{combine}"
         # FairQuant's code quantizes with per-channel max-abs scales (docs/reference.md); the
         # table this plan borrows its units from may record another quantizer
@@ -577,7 +578,7 @@ class ModelContext:
         res = solve(prob, "lagrange")
         if not res.ok:
             raise Skip(f"solver: {res.status} {res.message}")
-        return res.to_plan(table, model=self.family.model)
+        return res.to_plan(model=self.family.model)
 
     def fairquant(self) -> FairQuantAsShipped:
         if self._fq is None:
@@ -1060,8 +1061,9 @@ def parse_args(argv):
         args.budgets = [float(x) for x in args.budgets.split(",") if x.strip()]
     except ValueError:
         raise UserError(f"--budgets must be numbers, got {args.budgets!r}") from None
-    if not args.budgets or any(not 2.0 <= b <= 8.0 for b in args.budgets):
-        raise UserError(f"--budgets must be average bits in 2-8, got {args.budgets}")
+    if not args.budgets or any(not MIN_BITS <= b <= MAX_BITS for b in args.budgets):
+        raise UserError(f"--budgets must be average bits in {MIN_BITS}-{MAX_BITS}, "
+                        f"got {args.budgets}")
     args.families = [f.strip() for f in args.families.split(",") if f.strip()]
     bad = [f for f in args.families if f not in FAMILIES]
     if bad or not args.families:

@@ -118,7 +118,7 @@ def main(argv=None):
     for budget in budgets:
         problem = AllocationProblem.from_table(table, budget=budget, objective="worst")
         solved = solve(problem, "lagrange")
-        plan = solved.to_plan(table, model=run.model_name)
+        plan = solved.to_plan(model=run.model_name)
         run.plans_dir.mkdir(parents=True, exist_ok=True)
         plan.save(run.plans_dir / f"bench_baq_{budget:g}.json")
         static = evaluate(run.model().to(device), ds, "test", plan=plan)
@@ -154,7 +154,7 @@ def main(argv=None):
             row["qat"]["avg_bits"].append(qat.plan.avg_bits)
         results["budgets"][f"{budget:g}"] = row
     first = solve(AllocationProblem.from_table(table, budget=budgets[0], objective="worst"),
-                  "lagrange").to_plan(table, model=run.model_name)
+                  "lagrange").to_plan(model=run.model_name)
     timing = measure_step_times(run, first, steps=args.timing_steps, **common)
     results["timing"] = timing
     results["seconds"] = time.perf_counter() - started

@@ -51,7 +51,7 @@ print(f"profiled {len(table.units)} units × {len(table.groups)} groups × bits 
 problem = solvers.AllocationProblem.from_table(table, budget=4.0, objective="worst")
 result = solvers.solve(problem, backend="lagrange")
 print(result)  # status, objective, certified gap, seconds
-plan = result.to_plan(table, model=run.model_name)
+plan = result.to_plan(model=run.model_name)
 plan.save(run.path / "example-plan.json")
 
 # 4. test split: FP32, uniform 4-bit, the plan

@@ -25,38 +25,54 @@ import numpy as np
 import torch
 from torch import nn
 
+from fqopt.discovery import discover_units, quantizable_layers
 from fqopt.errors import UserError
+from fqopt.discovery import discover_units, quantizable_layers
+from fqopt.plan import AllocationPlan
 from fqopt.quantizers import QUANTIZERS, fake_quantize
-from fqopt.units import discover_units, quantizable_layers
 
-__all__ = ["quantized", "quantize_", "quantized_layers", "resolve_plan", "plan_layer_bits",
-           "quantized_weights"]
+__all__ = ["quantized", "quantize_", "quantized_layers", "resolve_plan", "load_plan",
+           "plan_layer_bits", "quantized_weights"]
 
 
-def resolve_plan(model: nn.Module, plan, *, units=None):
-    """An :class:`AllocationPlan` validated against ``model``.
+def load_plan(model: nn.Module, plan, *, units=None,
+              model_name: str | None = None) -> tuple[AllocationPlan, str]:
+    """``(plan, source)``: an :class:`AllocationPlan` validated against ``model``, and how
+    messages name it (``"plan PATH"`` for a file, else ``"plan"``).
 
     ``plan``: an AllocationPlan, a path to a plan JSON, or an int (uniform bits, no pins).
     ``units``: the model's :class:`~fqopt.units.UnitSet` if already known (saves a module walk).
+    ``model_name``: the model's name if known; a plan made for another model is refused, and a
+    uniform plan is named after it (else after the model's class).
     A plan whose layers or weight shapes differ from the model's is a UserError naming the layer.
     """
-    from fqopt.plan import AllocationPlan
-
     if units is None:
         # pins do not matter for validation: a plan names every quantizable layer either way
         units = discover_units(model, "layer", pin="none")
     if isinstance(plan, (bool, np.bool_)):
         raise UserError(f"plan must be an AllocationPlan, a plan file or an int, got {plan!r}")
     if isinstance(plan, (int, np.integer)):
-        return AllocationPlan.uniform(units, int(plan), model=type(model).__name__,
-                                      respect_pins=False)
+        return (AllocationPlan.uniform(units, int(plan), model=model_name or type(model).__name__,
+                                       respect_pins=False), "plan")
+    source = "plan"
     if isinstance(plan, (str, os.PathLike)):
+        source = f"plan {plan}"
         plan = AllocationPlan.load(plan)
     if not isinstance(plan, AllocationPlan):
         raise UserError(f"plan must be an AllocationPlan, a plan file or an int, "
                         f"got {type(plan).__name__}")
-    plan.validate(units)
-    return plan
+    try:
+        plan.validate(units, model=model_name)
+    except UserError as exc:
+        if source == "plan":
+            raise
+        raise UserError(f"{source}: {exc}") from None
+    return plan, source
+
+
+def resolve_plan(model: nn.Module, plan, *, units=None) -> AllocationPlan:
+    """The plan of :func:`load_plan`, validated against ``model``."""
+    return load_plan(model, plan, units=units)[0]
 
 
 def plan_method(plan, method: str | None) -> str:

@@ -147,11 +147,9 @@ def auto_quantize(model: nn.Module, loader: Iterable, *, budget: float = 4.0,
     if not res.ok:
         raise UserError(f"solver {res.backend} found no assignment for budget {budget:g} "
                         f"{budget_kind} within {time_limit:g} s ({res.message})")
-    plan = res.to_plan(table, meta={"method": method, "granularity": granularity,
-                                    "groups": ds.group_names, "samples": len(ds),
-                                    "quantizer": quantizer, "source": "auto_quantize"})
-    if hasattr(plan, "quantizer"):
-        plan.quantizer = quantizer
+    # the table's method, dataset, granularity and quantizer come with the problem
+    plan = res.to_plan(meta={"groups": ds.group_names, "samples": len(ds),
+                             "quantizer": quantizer, "source": "auto_quantize"})
     if apply:
         quantize_(model, plan, method=quantizer)
     return plan

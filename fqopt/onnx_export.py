@@ -136,8 +136,8 @@ def export_onnx(model: nn.Module, plan, path, *, method: str | None = None, imag
     from fqopt._io import atomic_path, check_writable
     from fqopt.apply import resolve_plan
     from fqopt.packed import check_budget
+    from fqopt.discovery import quantizable_layers
     from fqopt.quantizers import QUANTIZERS, choose_scale, quantize
-    from fqopt.units import quantizable_layers
 
     _need_onnx()
     import onnx

@@ -31,6 +31,7 @@ model at 3 bits; one tensor per layer part and per state entry would cost ~7 KB 
 from __future__ import annotations
 
 import base64
+import copy
 import hashlib
 import json
 import os
@@ -42,9 +43,18 @@ import numpy as np
 import torch
 from torch import nn
 
+from safetensors.torch import load as _safetensors_load
+from safetensors.torch import save as _safetensors_save
+
+from fqopt import models
+from fqopt._io import atomic_path, check_writable, json_default
 from fqopt._version import __version__
-from fqopt._io import json_default
+from fqopt.apply import load_plan, quantized
+from fqopt.discovery import discover_units, quantizable_layers
 from fqopt.errors import UserError
+from fqopt.plan import AllocationPlan
+from fqopt.quantizers import QUANTIZERS, choose_scale, quantize
+from fqopt.units import BUDGET_KINDS, SCALE_BYTES
 
 __all__ = ["FORMAT", "ExportInfo", "ExportFile", "export", "load_quantized", "read_export",
            "verify", "check_same_plan", "pack_codes", "unpack_codes", "budget_excess",
@@ -52,7 +62,6 @@ __all__ = ["FORMAT", "ExportInfo", "ExportFile", "export", "load_quantized", "re
 
 FORMAT = "fqopt.export/2"
 FLOAT, INT = ":float", ":int"   # module names never hold ':', so no layer can be named so
-_BUDGET_RTOL = 1e-9   # relative slack on a recorded budget (float round-off of avg_bits)
 DEFAULT_ATOL = 1e-5   # tolerance of verify(): loaded vs fake-quantized outputs
 
 
@@ -136,15 +145,14 @@ class ExportFile:
 
     def info(self, buffer_bytes: int | None = None) -> ExportInfo:
         plan = self.plan
-        weight_bits = _plan_weight_bits(plan)
-        channels = sum(int(s[0]) for s in plan.shapes.values())
+        weight_bytes, scale_bytes = _plan_bytes(plan)
         state = sum(t.numel() * t.element_size() for k, t in self.tensors.items()
                     if k in (FLOAT, INT))
         if buffer_bytes is None:
             buffer_bytes = int(plan.buffer_bytes) or None
         return ExportInfo(path=str(self.path), file_bytes=self.file_bytes,
-                          header_bytes=self.header_bytes, weight_bytes=weight_bits / 8,
-                          scale_bytes=4 * channels, state_bytes=int(state),
+                          header_bytes=self.header_bytes, weight_bytes=weight_bytes,
+                          scale_bytes=scale_bytes, state_bytes=int(state),
                           avg_bits=float(plan.avg_bits), plan_size_bytes=int(plan.size_bytes),
                           quantizer=self.quantizer, model=self.model_name,
                           buffer_bytes=buffer_bytes, checksum=self.metadata.get("checksum", ""))
@@ -212,8 +220,6 @@ class _Layout:
 
 
 def _layout(model: nn.Module) -> _Layout:
-    from fqopt.units import discover_units, quantizable_layers
-
     units = discover_units(model, "layer", pin="none")
     modules = dict(quantizable_layers(model))
     state = model.state_dict()
@@ -243,20 +249,18 @@ def theoretical_bytes(model: nn.Module, plan) -> dict:
     parameter that is not a quantized weight), ``buffers`` (float32 / int64 as stored) and
     ``total`` (their sum)."""
     lay = _layout(model)
-    weights = _plan_weight_bits(plan) / 8
-    scales = 4 * sum(int(s[0]) for s in plan.shapes.values())
+    weights, scales = _plan_bytes(plan)
     out = {"weights": weights, "scales": scales, "float_params": lay.float_param_bytes,
            "buffers": lay.buffer_bytes}
     out["total"] = weights + scales + lay.float_param_bytes + lay.buffer_bytes
     return out
 
 
-def _plan_weight_bits(plan) -> int:
-    total = 0
-    for name, b in plan.layer_bits().items():
-        shape = plan.shapes[name]
-        total += int(np.asarray(b).sum()) * (int(np.prod(shape)) // int(shape[0]))
-    return total
+def _plan_bytes(plan) -> tuple[float, int]:
+    """``(packed weight bytes Σ size_u · b_u / 8, scale bytes)`` of a plan, from its shapes."""
+    units = plan.unit_set()
+    unit_bits = units.unit_bits_of(plan.layer_bits())
+    return units.weight_bits(unit_bits) / 8, SCALE_BYTES * units.num_channels
 
 
 # ----------------------------------------------------------------------------- budget
@@ -276,13 +280,12 @@ def check_budget(plan, model: nn.Module, *, image_size: int | None = None,
 def budget_excess(plan, model: nn.Module, *, image_size: int | None = None):
     """``(kind, actual, limit)`` if ``plan`` breaks the budget it records, else ``None``.
 
-    The actual figure is recomputed from the plan's bits and the model (never read from the plan):
-    ``avg_bits`` parameter-weighted, ``size_bytes`` as :func:`fqopt.plan.plan_size_bytes`,
-    ``bops`` = Σ_u MACs_u · b_u · activation_bits (MACs counted at ``image_size``).
+    The actual figure is recomputed from the plan's bits and the model (never read from the plan)
+    by :meth:`fqopt.units.UnitSet.usage`, and compared as the solvers do
+    (:meth:`~fqopt.units.UnitSet.fits`): ``avg_bits`` parameter-weighted, ``size_bytes`` the
+    export's data bytes, ``bops`` = Σ_u MACs_u · b_u · activation_bits (MACs counted at
+    ``image_size``).
     """
-    from fqopt.plan import plan_size_bytes
-    from fqopt.units import discover_units
-
     budget = plan.budget
     if not budget:
         return None
@@ -293,27 +296,16 @@ def budget_excess(plan, model: nn.Module, *, image_size: int | None = None):
         limit = float(budget["value"])
     except (TypeError, ValueError):
         raise UserError(f"plan budget value {budget['value']!r} is not a number") from None
-    input_size = None
-    if kind == "bops":
-        input_size = (3, *_input_hw(model, image_size))
+    if kind not in BUDGET_KINDS:
+        raise UserError(f"plan budget kind {kind!r} is unknown; expected "
+                        f"{', '.join(BUDGET_KINDS)}")
+    input_size = (3, *_input_hw(model, image_size)) if kind == "bops" else None
     units = discover_units(model, plan.granularity, pin="none", input_size=input_size)
-    lb = plan.layer_bits()
-    if kind == "avg_bits":
-        actual = sum(int(lb[lay.name].sum()) * lay.per_channel
-                     for lay in units.layers) / units.quantized_params
-    elif kind == "size_bytes":
-        actual = float(plan_size_bytes(units, lb))
-    elif kind == "bops":
-        act = int(budget.get("activation_bits", 8))
-        ub = np.concatenate([lb[lay.name] if units.granularity == "channel"
-                             else lb[lay.name][:1] for lay in units.layers])
-        actual = float(int((units.macs * ub).sum()) * act)
-    else:
-        raise UserError(f"plan budget kind {kind!r} is unknown; expected avg_bits, size_bytes "
-                        "or bops")
-    if actual > limit + abs(limit) * _BUDGET_RTOL:
-        return kind, actual, limit
-    return None
+    unit_bits = units.unit_bits_of(plan.layer_bits())
+    act = int(budget.get("activation_bits", 8))
+    if units.fits(unit_bits, kind, limit, act):
+        return None
+    return kind, units.usage(unit_bits, kind, act), limit
 
 
 def _input_hw(model: nn.Module, image_size: int | None) -> tuple[int, int]:
@@ -345,17 +337,14 @@ def export(model: nn.Module, plan, path, *, quantizer: str | None = None,
     ``allow_over_budget``), is a UserError. The file is written atomically and never over an
     existing one unless ``force``. Returns the sizes (:class:`ExportInfo`).
     """
-    from fqopt._io import atomic_path, check_writable
-    from fqopt.quantizers import METHODS
-
-    if quantizer is not None and quantizer not in METHODS:
-        raise UserError(f"unknown quantizer {quantizer!r}; expected one of {', '.join(METHODS)}")
+    if quantizer is not None:
+        QUANTIZERS.get(quantizer)   # an unknown name is a UserError listing the known ones
     path = check_writable(path, force, what="export")
     if path.is_dir():
         raise UserError(f"export {path} is a folder; give a file name such as "
                         f"{path / 'model.safetensors'}")
     known = model_name or _architecture(model)   # None for a model that is not from timm
-    plan, source = _resolve_plan(model, plan, known)
+    plan, source = load_plan(model, plan, model_name=known)
     if quantizer is None:  # the file's "quantizer" metadata records what was applied
         quantizer = plan.quantizer
     name = known or plan.model or type(model).__name__
@@ -401,34 +390,7 @@ def _num_classes(model: nn.Module) -> int | None:
     return int(head.out_features) if isinstance(head, nn.Linear) else None
 
 
-def _resolve_plan(model: nn.Module, plan, name: str | None):
-    """(AllocationPlan validated against ``model`` (and its name if known), how messages name
-    it)."""
-    from fqopt.plan import AllocationPlan
-    from fqopt.units import discover_units
-
-    units = discover_units(model, "layer", pin="none")
-    if isinstance(plan, (int, np.integer)) and not isinstance(plan, (bool, np.bool_)):
-        return (AllocationPlan.uniform(units, int(plan), model=name or type(model).__name__,
-                                       respect_pins=False), "plan")
-    if isinstance(plan, (str, os.PathLike)):
-        source = f"plan {plan}"
-        plan = AllocationPlan.load(plan)
-    elif isinstance(plan, AllocationPlan):
-        source = "plan"
-    else:
-        raise UserError(f"plan must be an AllocationPlan, a plan file or an int, "
-                        f"got {type(plan).__name__}")
-    try:
-        plan.validate(units, model=name)
-    except UserError as exc:
-        raise UserError(f"{source}: {exc}") from None
-    return plan, source
-
-
 def _pack(lay: _Layout, plan, quantizer: str) -> dict[str, torch.Tensor]:
-    from fqopt.quantizers import choose_scale, quantize
-
     layer_bits = plan.layer_bits()
     tensors: dict[str, torch.Tensor] = {}
     with torch.no_grad():
@@ -483,12 +445,10 @@ def layer_tensor(raw: np.ndarray, bits: np.ndarray, shape) -> tuple[np.ndarray, 
 
 def _serialize(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
     """safetensors bytes with ``metadata['checksum']`` over the index, metadata and data."""
-    from safetensors.torch import save
-
-    first = save(tensors, metadata=metadata)
+    first = _safetensors_save(tensors, metadata=metadata)
     header, data_start = _split_header(first)
     checksum = _checksum(header, first, data_start)
-    final = save(tensors, metadata={**metadata, "checksum": checksum})
+    final = _safetensors_save(tensors, metadata={**metadata, "checksum": checksum})
     # the data section does not depend on the metadata, so the checksum holds for ``final``
     header2, start2 = _split_header(final)
     assert _checksum(header2, final, start2) == checksum
@@ -534,8 +494,6 @@ def read_export(path) -> ExportFile:
 
 
 def _parse(path: Path, data: bytes) -> ExportFile:
-    from fqopt.plan import AllocationPlan
-
     where = f"export {path}"
     try:
         header, start = _split_header(data)
@@ -552,10 +510,9 @@ def _parse(path: Path, data: bytes) -> ExportFile:
     if meta.get("checksum") != _checksum(header, data, start):
         raise UserError(f"{where} is corrupt: its content does not match its checksum "
                         f"({len(data)} bytes; truncated or modified?)")
-    from safetensors.torch import load
 
     try:
-        tensors = load(data)
+        tensors = _safetensors_load(data)
     except Exception as exc:  # safetensors' own validation (offsets, dtypes)
         raise UserError(f"{where} is truncated or corrupt: "
                         f"{str(exc).splitlines()[0][:200]}") from None
@@ -599,9 +556,7 @@ def load_quantized(path, *, dequantize: bool = True, plan=None, model: nn.Module
     if plan is not None:
         check_same_plan(ef, plan)
     if model is None:
-        from fqopt import models
-
-        import timm
+        import timm  # deferred: only a load without a model builds one
 
         if not timm.is_model(ef.model_name):
             raise UserError(f"{where} holds model {ef.model_name!r}, which is not a timm "
@@ -618,8 +573,6 @@ def load_quantized(path, *, dequantize: bool = True, plan=None, model: nn.Module
 def check_same_plan(ef: ExportFile, plan) -> None:
     """UserError unless ``plan`` (AllocationPlan or path) gives every unit of the export file
     ``ef`` the same bits and every layer the same shape (granularity may differ)."""
-    from fqopt.plan import AllocationPlan
-
     source = f"plan {plan}" if isinstance(plan, (str, os.PathLike)) else "the given plan"
     if isinstance(plan, (str, os.PathLike)):
         plan = AllocationPlan.load(plan)
@@ -651,8 +604,6 @@ def _load_into(ef: ExportFile, model: nn.Module, *, dequantize: bool) -> None:
     except UserError as exc:
         raise UserError(f"{where}: {exc}") from None
     arch = _architecture(model) or type(model).__name__
-    from fqopt.units import discover_units
-
     try:
         ef.plan.validate(discover_units(model, "layer", pin="none"))
     except UserError as exc:
@@ -732,12 +683,9 @@ def verify(path, model: nn.Module, *, plan=None, quantizer: str | None = None,
     fake-quantized with the file's plan and quantizer, on a seeded random batch
     ``[batch, 3, H, W]``. A difference above ``atol`` is a UserError (the file was made from
     other weights or another plan)."""
-    from fqopt.apply import quantized
-
     ef = read_export(path)
     if plan is not None:
         check_same_plan(ef, plan)
-    import copy
 
     loaded = load_quantized(path, model=copy.deepcopy(model).float().cpu())
     h, w = _input_hw(model, image_size or ef.image_size)

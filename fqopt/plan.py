@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from fqopt._io import read_json, write_json
 from fqopt.errors import UserError
-from fqopt.units import FLOAT_BYTES, SCALE_BYTES, UnitSet, parse_unit_name
+from fqopt.units import (GRANULARITIES, MAX_BITS, MIN_BITS, LayerInfo, UnitSet, check_bits,
+                         is_bit_width, parse_unit_name)
+
+__all__ = ["AllocationPlan", "SCHEMA", "SOLVER_STATUSES", "DEFAULT_QUANTIZER", "check_bits",
+           "check_quantizer", "plan_size_bytes"]
 
 SCHEMA = "fqopt.plan/1"
 SOLVER_STATUSES = ("optimal", "feasible", "infeasible", "timeout")
@@ -19,28 +23,22 @@ DEFAULT_QUANTIZER = "maxabs"
 
 
 def check_quantizer(name, where: str = "quantizer") -> str:
-    """``name`` if it is a quantizer of :data:`fqopt.quantizers.METHODS`, else a UserError.
+    """``name`` if it is a quantizer of :data:`fqopt.quantizers.QUANTIZERS`, else a UserError.
 
     Kept a free string checked against that registry (not an enum), so that a quantizer added
     there is accepted in plans without touching this module.
     """
-    from fqopt.quantizers import METHODS
+    from fqopt.quantizers import QUANTIZERS  # deferred: quantizers need torch, plans do not
 
-    if not isinstance(name, str) or name not in METHODS:
+    if not isinstance(name, str) or name not in QUANTIZERS:
         raise UserError(f"{where} {name!r} is not a known quantizer; expected one of "
-                        f"{', '.join(METHODS)}")
+                        f"{', '.join(QUANTIZERS.names())}")
     return name
 
 
 def plan_size_bytes(units: UnitSet, layer_bits: dict[str, np.ndarray]) -> int:
-    """Bytes of an export's data: packed weights (bits each) + one float32 scale per output
-    channel + float parameters (float32) + buffers as stored (``units.overhead_bytes``).
-    The file adds its header (tensor index and metadata, docs/design.md §4.8)."""
-    bits_total = 0
-    for layer in units.layers:
-        b = np.asarray(layer_bits[layer.name], dtype=np.int64)
-        bits_total += int(b.sum()) * layer.per_channel
-    return math.ceil(bits_total / 8) + units.overhead_bytes
+    """Bytes of an export's data (:meth:`UnitSet.size_bytes`) for layer name -> bits."""
+    return units.size_bytes(units.unit_bits_of(layer_bits))
 
 
 @dataclass
@@ -49,7 +47,7 @@ class AllocationPlan:
     list of per-output-channel bits (channel granularity).
 
     ``quantizer`` is the quantizer the plan was made and evaluated with (a name of
-    :data:`fqopt.quantizers.METHODS`, e.g. ``maxabs`` or ``mse``); ``fqopt.quantized``,
+    :data:`fqopt.quantizers.QUANTIZERS`, e.g. ``maxabs`` or ``mse``); ``fqopt.quantized``,
     ``fqopt.evaluate``, ``fqopt.export`` and ``fqopt.refine`` apply it unless told otherwise.
     Plan JSON written before the field existed has no ``quantizer`` key and loads as
     ``maxabs``, the quantizer every fqopt command used then (the schema stays
@@ -130,9 +128,8 @@ class AllocationPlan:
                          quantizer=DEFAULT_QUANTIZER):
         all_bits = np.concatenate([np.asarray(v) for v in layer_bits.values()])
         check_bits(np.unique(all_bits).tolist(), what="plan bit-width")
-        weighted = sum(int(np.asarray(layer_bits[lay.name]).sum()) * lay.per_channel
-                       for lay in units.layers)
-        avg_bits = weighted / units.quantized_params
+        unit_bits = units.unit_bits_of(layer_bits)
+        avg_bits = units.usage(unit_bits, "avg_bits")
         avg_bits_channel = float(all_bits.mean())
         if units.granularity == "layer":
             assignments = {n: int(b[0]) for n, b in layer_bits.items()}
@@ -144,7 +141,7 @@ class AllocationPlan:
         return cls(model=model, granularity=units.granularity, bits=[int(b) for b in bits],
                    assignments=assignments, shapes=units.shapes(), avg_bits=float(avg_bits),
                    avg_bits_channel=avg_bits_channel,
-                   size_bytes=plan_size_bytes(units, layer_bits), float_params=units.float_params,
+                   size_bytes=units.size_bytes(unit_bits), float_params=units.float_params,
                    buffer_bytes=units.buffer_bytes,
                    budget=budget, objective=objective,
                    predicted={str(k): float(v) for k, v in (predicted or {}).items()},
@@ -216,8 +213,6 @@ class AllocationPlan:
         missing = [k for k in required if k not in d]
         if missing:
             raise UserError(f"plan {source}: missing field(s) {missing}")
-        from fqopt.units import GRANULARITIES
-
         if d["granularity"] not in GRANULARITIES:
             raise UserError(f"plan {source}: granularity is {d['granularity']!r}, expected one "
                             f"of {', '.join(GRANULARITIES)}")
@@ -274,52 +269,33 @@ class AllocationPlan:
         plan._recompute()
         return plan
 
+    def unit_set(self) -> UnitSet:
+        """The plan's layers (from its ``shapes``) as channel units, with its float parameters
+        and buffers: what its sizes are computed on when no model is at hand."""
+        layers = [LayerInfo(name=name, kind="?", shape=tuple(int(x) for x in self.shapes[name]),
+                            macs=-1) for name in self.assignments]
+        return UnitSet(granularity="channel", layers=layers, float_params=int(self.float_params),
+                       buffer_bytes=int(self.buffer_bytes))
+
     def _recompute(self) -> None:
         """Derive avg_bits, avg_bits_channel and size_bytes from assignments and shapes."""
-        lb = self.layer_bits()
-        total = bits = 0
-        for name in self.assignments:
-            shape = self.shapes[name]
-            per = int(np.prod(shape)) // shape[0]
-            bits += int(lb[name].sum()) * per
-            total += int(np.prod(shape))
-        allb = np.concatenate(list(lb.values()))
-        self.avg_bits = bits / total
-        self.avg_bits_channel = float(allb.mean())
-        self.size_bytes = (math.ceil(bits / 8) + SCALE_BYTES * int(allb.size)
-                           + FLOAT_BYTES * self.float_params + int(self.buffer_bytes))
+        units = self.unit_set()
+        unit_bits = units.unit_bits_of(self.layer_bits())
+        self.avg_bits = units.usage(unit_bits, "avg_bits")
+        self.avg_bits_channel = float(unit_bits.mean())
+        self.size_bytes = units.size_bytes(unit_bits)
 
     def save(self, path: str | os.PathLike) -> None:
-        from fqopt._io import write_json
-
         write_json(path, self.to_dict())
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "AllocationPlan":
-        from fqopt._io import read_json
-
         return cls.from_dict(read_json(path, what="plan"), source=str(Path(path)))
 
     def __repr__(self) -> str:
         return (f"AllocationPlan(model={self.model!r}, granularity={self.granularity!r}, "
                 f"avg_bits={self.avg_bits:.3f}, size_bytes={self.size_bytes}, "
                 f"objective={self.objective!r})")
-
-
-def check_bits(bits, what: str = "bit-width") -> None:
-    bad = [b.item() if isinstance(b, np.generic) else b for b in bits if not _is_bit_width(b)]
-    if bad:
-        raise UserError(f"{what} {bad} outside the supported range 2-8 (integers)")
-
-
-def _is_bit_width(b) -> bool:
-    if isinstance(b, (bool, np.bool_)) or not isinstance(b, (int, float, np.integer, np.floating)):
-        return False
-    try:
-        f = float(b)  # a JSON integer may be huge (2**70): numpy cannot test it, float can
-    except OverflowError:
-        return False
-    return math.isfinite(f) and f == int(f) and 2 <= f <= 8
 
 
 def _check_candidates(layer_bits: dict, candidates, where: str) -> None:
@@ -336,7 +312,7 @@ def _check_candidates(layer_bits: dict, candidates, where: str) -> None:
 
 def _as_bits(b, source: str, key: str) -> int:
     """A JSON bit-width as an int, or a UserError naming the unit."""
-    if not _is_bit_width(b):
-        raise UserError(f"plan {source}: bit-width of unit {key!r} must be an integer 2-8, "
-                        f"got {b!r}")
+    if not is_bit_width(b):
+        raise UserError(f"plan {source}: bit-width of unit {key!r} must be an integer "
+                        f"{MIN_BITS}-{MAX_BITS}, got {b!r}")
     return int(b)

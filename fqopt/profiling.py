@@ -64,9 +64,10 @@ from torch import nn
 from fqopt._registry import Registry
 from fqopt._version import __version__
 from fqopt.errors import UserError
+from fqopt.discovery import discover_units, quantizable_layers
 from fqopt.quantizers import QUANTIZERS, fake_quantize
-from fqopt.sensitivity import MAX_BITS, MIN_BITS, SensitivityTable
-from fqopt.units import GRANULARITIES, UnitSet, discover_units, quantizable_layers
+from fqopt.sensitivity import SensitivityTable
+from fqopt.units import GRANULARITIES, MAX_BITS, MIN_BITS, UnitSet, check_bits
 
 __all__ = ["METHODS", "DEFAULT_BITS", "Calibration", "ProfileContext", "SensitivityMethod",
            "available_methods", "profile", "register_method", "select_calibration"]
@@ -523,9 +524,7 @@ def _check_bits(bits) -> tuple[int, ...]:
         raise UserError(f"bits must be integers, got {bits!r}") from None
     if not out:
         raise UserError("bits must name at least one bit-width")
-    bad = [b for b in out if not MIN_BITS <= b <= MAX_BITS]
-    if bad:
-        raise UserError(f"bits {bad} outside the supported range {MIN_BITS}-{MAX_BITS}")
+    check_bits(out, what="bits")
     return tuple(sorted(set(out)))
 
 
@@ -609,9 +608,7 @@ def profile(model: nn.Module, dataset, indices="train", *, method: str = "fisher
         "granularity": granularity, "seed": int(seed), "fqopt_version": __version__,
         "quantizer": quantizer, "bits": list(bits), "calib_samples": int(len(idx)),
         "batch_size": int(batch_size), "batches": len(cal), "image_size": int(size),
-        "shapes": units.shapes(), "kinds": {layer.name: layer.kind for layer in units.layers},
-        "pinned": dict(units.pinned), "ties": units.ties, "float_params": units.float_params,
-        "buffer_bytes": units.buffer_bytes,
+        **units.to_meta(),   # shapes, kinds, pins, ties, float parameters, buffer bytes
         "method_info": result.meta, "seconds": round(time.perf_counter() - started, 3),
     }
     if result.extras:

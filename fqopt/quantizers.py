@@ -20,13 +20,10 @@ import torch
 
 from fqopt._registry import Registry
 from fqopt.errors import UserError
-from fqopt.sensitivity import MAX_BITS, MIN_BITS
+from fqopt.units import MAX_BITS, MIN_BITS, check_bits
 
 #: the quantizers, by name: ``name -> scale(w, base, qm)`` (a plan records one by name)
 QUANTIZERS: Registry[Callable] = Registry("quantizer")
-# TODO(issue 13): METHODS is the old name, kept only until fqopt/plan.py and fqopt/packed.py
-# look quantizers up in QUANTIZERS; fqopt.profiling.METHODS is the sensitivity methods
-METHODS = QUANTIZERS
 MSE_GRID = tuple(1.0 - 0.04 * i for i in range(16))  # c in {1.00, 0.96, ..., 0.40}
 _EPS = 1e-12
 
@@ -43,8 +40,7 @@ def _bits_tensor(bits, w: torch.Tensor) -> torch.Tensor:
     else:
         b = torch.full((w.shape[0],), float(bits), device=w.device, dtype=w.dtype)
     if torch.any((b < MIN_BITS) | (b > MAX_BITS)) or torch.any(b != torch.round(b)):
-        raise UserError(f"bit-widths must be integers in {MIN_BITS}-{MAX_BITS}, got "
-                        f"{sorted(set(b.tolist()))}")
+        check_bits(sorted(set(b.tolist())), what="bit-widths")  # names the bad values
     return b.reshape(shape)
 
 

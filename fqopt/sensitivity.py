@@ -28,9 +28,11 @@ from pathlib import Path
 
 import numpy as np
 
+from fqopt._io import atomic_path
 from fqopt.errors import UserError
+from fqopt.units import MAX_BITS, MIN_BITS, UnitSet, check_bits
 
-MIN_BITS, MAX_BITS = 2, 8
+__all__ = ["SensitivityTable", "table_unit_set", "table_provenance", "MIN_BITS", "MAX_BITS"]
 _REQUIRED = ("costs", "bits", "sizes", "units", "groups", "group_counts")
 _RESERVED = (*_REQUIRED, "macs", "meta")
 
@@ -98,10 +100,7 @@ class SensitivityTable:
         if self.macs is not None and self.macs.shape != (U,):
             raise UserError(f"sensitivity table {src}: 'macs' has shape {self.macs.shape}, "
                             f"expected ({U},)")
-        bad = [int(b) for b in self.bits if not MIN_BITS <= b <= MAX_BITS]
-        if bad:
-            raise UserError(f"sensitivity table {src}: bits {bad} outside the supported range "
-                            f"{MIN_BITS}-{MAX_BITS}")
+        check_bits(self.bits.tolist(), what=f"sensitivity table {src}: bits")
         if np.any(np.diff(self.bits) <= 0):
             raise UserError(f"sensitivity table {src}: 'bits' must be strictly increasing, "
                             f"got {self.bits.tolist()}")
@@ -135,8 +134,6 @@ class SensitivityTable:
     # --------------------------------------------------------------- file I/O
     def save(self, path: str | os.PathLike) -> None:
         """Write the ``.npz`` atomically (``allow_pickle=False`` readable)."""
-        from fqopt._io import atomic_path
-
         arrays = dict(costs=self.costs, bits=self.bits, sizes=self.sizes,
                       units=np.array(self.units, dtype=np.str_),
                       groups=np.array(self.groups, dtype=np.str_),
@@ -189,59 +186,25 @@ class SensitivityTable:
                 f"bits={self.bits.tolist()}, method={self.meta.get('method')!r})")
 
 
-def table_unit_set(table: SensitivityTable):
-    """The :class:`~fqopt.units.UnitSet` a table describes.
+def table_unit_set(table: SensitivityTable) -> UnitSet:
+    """The :class:`~fqopt.units.UnitSet` a table describes (:meth:`UnitSet.from_meta` of its
+    ``meta``, unit names, sizes and MACs)."""
+    return UnitSet.from_meta(table.meta, units=table.units, sizes=table.sizes, macs=table.macs,
+                             source=f"sensitivity table {table.source}")
 
-    Tables written by ``fqopt profile`` carry layer shapes, pins, ties and the float parameter
-    count in ``meta``; for a hand-written table, layers are inferred from the unit names
-    (``name[c]`` units form one layer of that many channels) and sizes, with no pins.
-    """
-    from fqopt.units import LayerInfo, UnitSet, parse_unit_name
 
+#: the table's meta keys a plan made from it records in its own meta
+PROVENANCE_KEYS = ("method", "dataset", "granularity")
+
+
+def table_provenance(table: SensitivityTable) -> dict:
+    """Where a plan solved from ``table`` comes from: ``model`` and ``quantizer`` (when the
+    table's meta records them) and ``meta``, what the plan's meta records: the table's file
+    (``table``, when it was loaded from one) and its ``method``, ``dataset`` and
+    ``granularity``."""
     meta = table.meta or {}
-    granularity = meta.get("granularity")
-    shapes = meta.get("shapes")
-    parsed = [parse_unit_name(u) for u in table.units]
-    if granularity is None:
-        granularity = "channel" if all(c is not None for _, c in parsed) else "layer"
-    macs_layer: dict[str, int] = {}
-    if table.macs is not None:
-        for (layer, _), m in zip(parsed, table.macs.tolist()):
-            macs_layer[layer] = -1 if (m < 0 or macs_layer.get(layer, 0) < 0) else \
-                macs_layer.get(layer, 0) + m
-    layers = []
-    if shapes:
-        # layer order follows the table's units, whatever order the meta dict kept
-        first_seen = list(dict.fromkeys(layer for layer, _ in parsed))
-        missing = [n for n in first_seen if n not in shapes]
-        if missing:
-            raise UserError(f"sensitivity table {table.source}: meta has no shape for layer(s) "
-                            f"{missing[:3]}")
-        for name in first_seen:
-            shape = shapes[name]
-            layers.append(LayerInfo(name=name, kind=meta.get("kinds", {}).get(name, "?"),
-                                    shape=tuple(int(s) for s in shape),
-                                    macs=int(macs_layer.get(name, -1))))
-    else:
-        order: dict[str, list[int]] = {}
-        for i, (layer, ch) in enumerate(parsed):
-            order.setdefault(layer, []).append(i)
-        for layer, idx in order.items():
-            n = len(idx) if granularity == "channel" else 1
-            size = int(table.sizes[idx[0]])
-            layers.append(LayerInfo(name=layer, kind="?", shape=(n, size),
-                                    macs=int(macs_layer.get(layer, -1))))
-    units = UnitSet(granularity=granularity, layers=layers,
-                    pinned={k: int(v) for k, v in (meta.get("pinned") or {}).items()},
-                    ties=[list(t) for t in (meta.get("ties") or [])],
-                    float_params=int(meta.get("float_params", 0)),
-                    buffer_bytes=int(meta.get("buffer_bytes", 0)))
-    if units.names != table.units:
-        raise UserError(f"sensitivity table {table.source}: unit names do not match the layer "
-                        f"shapes in its meta (first units {table.units[:2]} vs "
-                        f"{units.names[:2]})")
-    if not np.array_equal(units.sizes, table.sizes):
-        u = int(np.argmax(units.sizes != table.sizes))
-        raise UserError(f"sensitivity table {table.source}: size of unit {table.units[u]!r} is "
-                        f"{int(table.sizes[u])} but its layer shape gives {int(units.sizes[u])}")
-    return units
+    out: dict = {k: meta[k] for k in ("model", "quantizer") if meta.get(k)}
+    plan_meta = {} if table.source == "<memory>" else {"table": str(table.source)}
+    plan_meta.update({k: meta[k] for k in PROVENANCE_KEYS if k in meta})
+    out["meta"] = plan_meta
+    return out

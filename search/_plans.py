@@ -26,6 +26,8 @@ import numpy as np
 
 from fqopt._registry import Registry
 from fqopt.errors import UserError
+from fqopt.plan import AllocationPlan
+from fqopt.solvers import AllocationProblem, get_solver
 
 FAIRQUANT_BITS = (2, 4, 8)
 FAIRQUANT_SHARES = (0.2, 0.4, 0.4)
@@ -66,8 +68,6 @@ class PlanMaker:
 
     def __init__(self, tables: dict, *, model_name: str, backend: str | None = None,
                  time_limit: float | None = None, cache_size: int = 64):
-        from fqopt.sensitivity import table_unit_set
-
         if not tables:
             raise UserError("the search needs at least one sensitivity table")
         self.tables = dict(tables)
@@ -79,17 +79,18 @@ class PlanMaker:
             if t.groups != first.groups:
                 raise UserError(f"sensitivity tables disagree on groups: {t.groups} vs "
                                 f"{first.groups}")
-        self.units = table_unit_set(first)
-        self.granularity = self.units.granularity
         self.bits = [int(b) for b in first.bits]
         self.model_name = model_name
-        # channel scale: fqopt's Lagrangian solver (certified, sub-second); layer scale: auto
-        # (exact CP-SAT on a few dozen units)
-        self.backend = backend or ("lagrange" if self.granularity == "channel" else "auto")
         self.time_limit = time_limit
         self._problems: OrderedDict = OrderedDict()
         self._solvers: dict = {}
         self._cache_size = cache_size
+        # the units (and their pins) come from the problem, as every plan's do
+        self.units = self.problem(next(iter(self.tables)), "worst", 8.0).units
+        self.granularity = self.units.granularity
+        # channel scale: fqopt's Lagrangian solver (certified, sub-second); layer scale: auto
+        # (exact CP-SAT on a few dozen units)
+        self.backend = backend or ("lagrange" if self.granularity == "channel" else "auto")
 
     def table(self, method: str):
         if method not in self.tables:
@@ -100,8 +101,6 @@ class PlanMaker:
     def problem(self, method: str, objective: str, budget: float, *, scores: str | None = None):
         """The allocation problem for ``method``'s table: one reduction per table, re-targeted
         with ``with_objective`` (cached) and ``with_budget``."""
-        from fqopt.solvers import AllocationProblem
-
         key = (method, objective, scores)
         prob = self._problems.get(key)
         if prob is None:
@@ -128,8 +127,6 @@ class PlanMaker:
     def solver(self, backend: str, **options):
         """One solver instance per back-end (without options), kept across trials: the
         Lagrangian back-end reuses its master LP and cuts per table."""
-        from fqopt.solvers import get_solver
-
         if options:
             return get_solver(backend, **options)
         if backend not in self._solvers:
@@ -147,21 +144,17 @@ class PlanMaker:
         if not res.ok:
             raise UserError(f"solver {res.backend} found no plan for {method} at "
                             f"{budget:g} average bits ({res.status}: {res.message})")
-        plan = res.to_plan(self.units, model=self.model_name)
-        plan.meta.update(method=method)
+        # a search plan lists only the bit-widths it uses (refinement keeps to those)
+        plan = res.to_plan(model=self.model_name, meta={"method": method}, bits="used")
         return plan, res
 
     def uniform(self, bits: int):
-        from fqopt.plan import AllocationPlan
-
         if bits not in self.bits:
             raise UserError(f"uniform {bits} bits is not a candidate bit-width {self.bits}")
         return AllocationPlan.uniform(self.units, int(bits), model=self.model_name)
 
     def from_layer_bits(self, layer_bits: dict[str, int], *, objective: str = "direct"):
         """A plan with one bit-width per layer (pinned layers keep their pins)."""
-        from fqopt.plan import AllocationPlan
-
         unit_bits = np.zeros(len(self.units), dtype=np.int64)
         slices = self.units.unit_slices()
         for layer in self.units.layers:

@@ -25,6 +25,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution
 
 from fqopt.errors import UserError
 from fqopt.quantizers import QUANTIZERS
+from fqopt.units import MAX_BITS, MIN_BITS
 
 DEFAULT_METHODS = ("fisher", "gradient", "grape")
 # mse: per-channel clipping by weight MSE; on benchmarks/frontier.py it keeps 1.3-5.5 points
@@ -32,6 +33,16 @@ DEFAULT_METHODS = ("fisher", "gradient", "grape")
 # budget on maxabs (``--quantizers maxabs,mse`` brings it back)
 DEFAULT_QUANTIZERS = ("mse",)
 DEFAULT_BUDGET_RANGE = (2.5, 7.0)
+
+
+def check_budget_range(lo, hi, *, what: str | None = None) -> tuple[float, float]:
+    """``(lo, hi)`` as floats if ``MIN_BITS ≤ lo < hi ≤ MAX_BITS`` average bits, else a
+    UserError."""
+    lo, hi = float(lo), float(hi)
+    if not (MIN_BITS <= lo < hi <= MAX_BITS):
+        raise UserError(f"{what or f'budget range {lo:g}:{hi:g}'}: average bits must satisfy "
+                        f"{MIN_BITS} ≤ LOW < HIGH ≤ {MAX_BITS}")
+    return lo, hi
 
 
 def _on_grid(lo: float, hi: float, step: float) -> float:
@@ -52,10 +63,7 @@ class SearchSpace:
     kind: str = field(default="solver", init=False)
 
     def __post_init__(self):
-        lo, hi = (float(x) for x in self.budget_range)
-        if not (2.0 <= lo < hi <= 8.0):
-            raise UserError(f"budget range {lo:g}:{hi:g} average bits must satisfy "
-                            "2 ≤ low < high ≤ 8")
+        lo, hi = check_budget_range(*self.budget_range)
         if not self.budget_step > 0 or not 0 < self.lambda_step <= 1:
             raise UserError("budget and λ steps must be positive (λ step at most 1)")
         object.__setattr__(self, "budget_range", (lo, _on_grid(lo, hi, self.budget_step)))
@@ -126,10 +134,7 @@ class DirectSpace:
         if not self.layers:
             raise UserError("direct search: the model has no free (unpinned) layer to choose "
                             "bits for")
-        lo, hi = (float(x) for x in self.budget_range)
-        if not (2.0 <= lo < hi <= 8.0):
-            raise UserError(f"budget range {lo:g}:{hi:g} average bits must satisfy "
-                            "2 ≤ low < high ≤ 8")
+        lo, hi = check_budget_range(*self.budget_range)
         object.__setattr__(self, "budget_range", (lo, hi))
         object.__setattr__(self, "layers", tuple(self.layers))
         object.__setattr__(self, "bits", tuple(int(b) for b in self.bits))
@@ -168,6 +173,4 @@ def parse_budget_range(text: str) -> tuple[float, float]:
     except ValueError:
         raise UserError(f"--budget-range must look like LOW:HIGH in average bits, e.g. 2.5:7, "
                         f"got {text!r}") from None
-    if not (2.0 <= lo < hi <= 8.0):
-        raise UserError(f"--budget-range {text!r}: need 2 ≤ LOW < HIGH ≤ 8 average bits")
-    return lo, hi
+    return check_budget_range(lo, hi, what=f"--budget-range {text!r}")

@@ -23,13 +23,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fqopt.errors import UserError
+from fqopt.sensitivity import table_provenance, table_unit_set
+from fqopt.units import (BUDGET_KINDS, UnitSet, budget_cap, budget_weights, check_bits,
+                         check_budget_kind, usage_value)
 
-BUDGET_KINDS = ("avg_bits", "size_bytes", "bops")
+__all__ = ["AllocationProblem", "Objective", "ReducedProblem", "BUDGET_KINDS", "GAP_FLOOR",
+           "OPTIMAL_GAP"]
 _OBJECTIVE_HELP = ("worst, balanced, mean, blend:λ (0 ≤ λ ≤ 1, (1−λ)·balanced + λ·worst) or "
                    "cvar:α (0 < α ≤ 1, mean of the ⌈α·G⌉ worst groups)")
-# relative slack when a float budget becomes an integer cap: keeps a budget equal to an achievable
-# value feasible despite float rounding, far below one bit of any real model
-_BUDGET_RTOL = 1e-12
 # the gap is relative to |objective|, floored at this fraction of the cost scale (costs near zero)
 GAP_FLOOR = 1e-6
 # the largest certified gap a result may have and still be called optimal (float noise)
@@ -241,6 +242,13 @@ class AllocationProblem:
         scores: float ``[U]`` importance scores (higher = more important), e.g. FairQuant's
             mean |importance| per weight; only the ``quantile`` baseline reads them.
         size_overhead: bytes added to the packed weights by a ``size_bytes`` budget.
+        units: the :class:`~fqopt.units.UnitSet` the units are (set by :meth:`from_units`), so
+            that a result becomes a plan without the table (:meth:`AllocationResult.to_plan`).
+        provenance: what a plan of this problem records about where it comes from: ``model``,
+            ``quantizer`` and ``meta`` (e.g. the table's method, dataset and granularity).
+
+    The budget arithmetic (weights ``a_u``, integer cap, usage in the budget's unit) is
+    :mod:`fqopt.units`'s, shared with plans and the export's budget check.
     """
 
     costs: np.ndarray
@@ -261,6 +269,8 @@ class AllocationProblem:
     activation_bits: int = 8
     scores: np.ndarray | None = None
     source: str = "allocation problem"
+    units: UnitSet | None = field(default=None, repr=False)
+    provenance: dict = field(default_factory=dict, repr=False)
     # the reduction at cap 0, built once and shared by with_budget; and unit -> super-unit maps
     _reduced: ReducedProblem | None = field(default=None, init=False, repr=False)
     _expansion: tuple | None = field(default=None, init=False, repr=False)
@@ -280,6 +290,7 @@ class AllocationProblem:
         if np.any(self.bits <= 0) or np.any(np.diff(self.bits) <= 0):
             raise UserError(f"{src}: bits must be positive and strictly increasing, got "
                             f"{self.bits.tolist()}")
+        check_bits(self.bits.tolist(), what=f"{src}: bits")
         if self.sizes.shape != (U,) or np.any(self.sizes <= 0):
             raise UserError(f"{src}: sizes must be {U} positive weight counts")
         self.unit_names = ([f"unit {u}" for u in range(U)] if self.unit_names is None
@@ -304,14 +315,16 @@ class AllocationProblem:
             self.scores = np.asarray(self.scores, dtype=np.float64).reshape(-1)
             if self.scores.shape != (U,) or not np.isfinite(self.scores).all():
                 raise UserError(f"{src}: scores must be {U} finite numbers, one per unit")
-        if self.budget_kind not in BUDGET_KINDS:
-            raise UserError(f"unknown budget kind {self.budget_kind!r}; expected one of "
-                            f"{', '.join(BUDGET_KINDS)}")
+        check_budget_kind(self.budget_kind)
+        if self.units is not None and self.units.names != self.unit_names:
+            raise UserError(f"{src}: the unit names differ from its UnitSet's")
         self.objective_fn = Objective.parse(self.objective, G, self.group_counts)
         self.objective = self.objective_fn.spec
         self.allowed = self._allowed_mask()
         self.ties = [list(map(int, t)) for t in (self.ties or []) if len(t) > 1]
-        self._weights = self._budget_weights()
+        self._weights = budget_weights(self.budget_kind, self.sizes, self.macs,
+                                       activation_bits=self.activation_bits,
+                                       unit_names=self.unit_names, source=src)
         self._set_budget(self.budget)
 
     def _allowed_mask(self) -> np.ndarray:
@@ -343,15 +356,6 @@ class AllocationProblem:
                             f"{self.bits.tolist()})")
         return allowed
 
-    def _budget_weights(self) -> np.ndarray:
-        if self.budget_kind == "bops":
-            if self.macs is None or np.any(self.macs < 0):
-                u = 0 if self.macs is None else int(np.argmax(self.macs < 0))
-                raise UserError(f"{self.source}: a bops budget needs the MACs of every unit; "
-                                f"unit {self.unit_names[u]!r} has none")
-            return self.macs * int(self.activation_bits)
-        return self.sizes.copy()
-
     def _set_budget(self, value) -> None:
         try:
             value = float(value)
@@ -360,15 +364,8 @@ class AllocationProblem:
         if not math.isfinite(value):
             raise UserError(f"budget must be finite, got {value}")
         self.budget = value
-        kind = self.budget_kind
-        if kind == "avg_bits":
-            exact = value * int(self.sizes.sum())
-            self.cap = math.floor(exact + abs(exact) * _BUDGET_RTOL)
-        elif kind == "size_bytes":
-            self.cap = 8 * (math.floor(value + abs(value) * _BUDGET_RTOL)
-                            - int(self.size_overhead))
-        else:
-            self.cap = math.floor(value + abs(value) * _BUDGET_RTOL)
+        self.cap = budget_cap(self.budget_kind, value, total_size=int(self.sizes.sum()),
+                              overhead=int(self.size_overhead))
 
     def with_budget(self, value: float) -> "AllocationProblem":
         """The same problem at another budget; shares the reduction (and solvers' warm starts)."""
@@ -392,20 +389,26 @@ class AllocationProblem:
 
     # ---------------------------------------------------------------- construction
     @classmethod
-    def from_table(cls, table, *, budget: float, budget_kind: str = "avg_bits",
-                   objective: str = "worst", pins="default", min_bits=None, max_bits=None,
-                   ties="default", activation_bits: int = 8) -> "AllocationProblem":
-        """The problem a :class:`~fqopt.sensitivity.SensitivityTable` describes.
+    def from_units(cls, units: UnitSet, costs, *, bits, budget: float,
+                   budget_kind: str = "avg_bits", objective: str = "worst",
+                   group_counts=None, group_names=None, pins="default", min_bits=None,
+                   max_bits=None, ties="default", activation_bits: int = 8, scores=None,
+                   macs=None, provenance: dict | None = None,
+                   source: str = "allocation problem") -> "AllocationProblem":
+        """The problem over the units of ``units`` (sizes, MACs and the export's overhead come
+        from it; the problem keeps it, so a result becomes a plan by itself).
 
-        pins: ``"default"`` (the table's ``meta['pinned']``), ``"none"``/``None``, or a dict
-            layer-or-unit name -> bits.
+        costs: ``[U, G, K]`` in ``units.names`` order; bits: ``[K]`` candidate bit-widths.
+        pins: ``"default"`` (``units.pinned``), ``"none"``/``None``, or a dict layer-or-unit
+            name -> bits: a number (a layer name pins all of its units to it) or one bit-width
+            per unit of the layer (e.g. a plan's own per-channel bits).
         min_bits, max_bits: a number, or a dict layer-or-unit name -> bits.
-        ties: ``"default"`` (the table's ``meta['ties']``), ``None``, or lists of layer or unit
-            names (layers tie channel by channel).
+        ties: ``"default"`` (``units.ties``), ``None``, or lists of layer or unit names (layers
+            tie channel by channel).
+        macs: ``[U]`` MACs per unit where they are not ``units.macs`` (a hand-written table
+            may give channels of one layer different MACs).
+        provenance: see the class docstring.
         """
-        from fqopt.sensitivity import table_unit_set
-        units = table_unit_set(table)
-        src = f"sensitivity table {table.source}"
         index = {n: i for i, n in enumerate(units.names)}
         slices = units.unit_slices()
 
@@ -414,7 +417,7 @@ class AllocationProblem:
                 return [index[name]]
             if name in slices:
                 return list(range(slices[name].start, slices[name].stop))
-            raise UserError(f"{src}: {name!r} is neither a unit nor a layer of the table "
+            raise UserError(f"{source}: {name!r} is neither a unit nor a layer of the table "
                             f"(e.g. {units.names[0]!r})")
 
         def per_unit(spec, what):
@@ -433,7 +436,14 @@ class AllocationProblem:
         elif pins is None or (isinstance(pins, str) and pins == "none"):
             pin_units = {}
         elif isinstance(pins, dict):
-            pin_units = {u: int(b) for name, b in pins.items() for u in members(name)}
+            pin_units = {}
+            for name, b in pins.items():
+                idx = members(name)
+                vals = np.asarray(b, dtype=np.int64).reshape(-1)
+                if vals.size not in (1, len(idx)):
+                    raise UserError(f"{source}: {vals.size} pinned bit-widths for {name!r}, "
+                                    f"which has {len(idx)} units")
+                pin_units.update(zip(idx, np.broadcast_to(vals, (len(idx),)).tolist()))
         else:
             raise UserError(f"pins must be 'default', 'none' or a dict name -> bits, got {pins!r}")
         if isinstance(ties, str) and ties == "default":
@@ -448,15 +458,31 @@ class AllocationProblem:
                     raise UserError(f"cannot tie {list(group)}: they have different numbers of "
                                     "units")
                 tie_units.extend([list(t) for t in zip(*lists)])
-        overhead = units.overhead_bytes
-        scores = _table_scores(table, index, src)
-        return cls(costs=table.costs, bits=table.bits, sizes=table.sizes, budget=budget,
-                   budget_kind=budget_kind, objective=objective,
-                   group_counts=table.group_counts, macs=table.macs, pins=pin_units,
-                   min_bits=per_unit(min_bits, "min_bits"),
+        return cls(costs=costs, bits=bits, sizes=units.sizes, budget=budget,
+                   budget_kind=budget_kind, objective=objective, group_counts=group_counts,
+                   macs=units.macs if macs is None else macs, pins=pin_units, min_bits=per_unit(min_bits, "min_bits"),
                    max_bits=per_unit(max_bits, "max_bits"), ties=tie_units,
-                   unit_names=table.units, group_names=table.groups, size_overhead=overhead,
-                   activation_bits=activation_bits, scores=scores, source=src)
+                   unit_names=units.names, group_names=group_names,
+                   size_overhead=units.overhead_bytes, activation_bits=activation_bits,
+                   scores=scores, source=source, units=units, provenance=dict(provenance or {}))
+
+    @classmethod
+    def from_table(cls, table, *, budget: float, budget_kind: str = "avg_bits",
+                   objective: str = "worst", pins="default", min_bits=None, max_bits=None,
+                   ties="default", activation_bits: int = 8) -> "AllocationProblem":
+        """The problem a :class:`~fqopt.sensitivity.SensitivityTable` describes:
+        :meth:`from_units` on the table's :class:`~fqopt.units.UnitSet` (``meta``'s shapes, pins
+        and ties), costs, bits, groups and scores (``meta['scores']``), with the table's model,
+        quantizer, file, method, dataset and granularity as provenance for its plans."""
+        units = table_unit_set(table)
+        src = f"sensitivity table {table.source}"
+        scores = _table_scores(table, {n: i for i, n in enumerate(units.names)}, src)
+        return cls.from_units(units, table.costs, bits=table.bits, budget=budget,
+                              budget_kind=budget_kind, objective=objective,
+                              group_counts=table.group_counts, group_names=table.groups,
+                              pins=pins, min_bits=min_bits, max_bits=max_bits, ties=ties,
+                              activation_bits=activation_bits, scores=scores, macs=table.macs,
+                              provenance=table_provenance(table), source=src)
 
     # ---------------------------------------------------------------- shape
     @property
@@ -485,11 +511,8 @@ class AllocationProblem:
     # ---------------------------------------------------------------- budget
     def usage_to_budget(self, usage: int) -> float:
         """Integer usage (bits, or bit-MACs) -> the budget's unit."""
-        if self.budget_kind == "avg_bits":
-            return usage / int(self.sizes.sum())
-        if self.budget_kind == "size_bytes":
-            return float(-(-int(usage) // 8) + int(self.size_overhead))  # ⌈usage / 8⌉
-        return float(usage)
+        return usage_value(self.budget_kind, usage, total_size=int(self.sizes.sum()),
+                           overhead=int(self.size_overhead))
 
     def _usage_at(self, which: str) -> int:
         red = self.reduced()

@@ -92,8 +92,16 @@ def infeasible_result(problem: AllocationProblem, backend: str, seconds: float
         status="infeasible", assignment=None, objective=None, bound=None, gap=None,
         seconds=seconds, backend=backend,
         info={"min_budget": problem.min_budget(), "message": problem.infeasibility_message()},
-        objective_name=problem.objective, budget=problem.budget_spec,
-        groups=list(problem.group_names))
+        **_origin(problem))
+
+
+def _origin(problem: AllocationProblem) -> dict:
+    """What a result keeps of its problem: objective, budget, groups, and what its plan needs
+    (units, candidate bits, provenance)."""
+    return dict(objective_name=problem.objective, budget=problem.budget_spec,
+                groups=list(problem.group_names), units=problem.units,
+                candidate_bits=[int(b) for b in problem.bits],
+                provenance=dict(problem.provenance))
 
 
 def finish(problem: AllocationProblem, sol: Solution, backend: str, t0: float
@@ -102,8 +110,7 @@ def finish(problem: AllocationProblem, sol: Solution, backend: str, t0: float
     if sol.status not in STATUSES:  # pragma: no cover - a back-end bug
         raise RuntimeError(f"{backend} returned unknown status {sol.status!r}")
     info = dict(sol.info)
-    common = dict(backend=info.pop("backend", backend), objective_name=problem.objective,
-                  budget=problem.budget_spec, groups=list(problem.group_names))
+    common = dict(backend=info.pop("backend", backend), **_origin(problem))
     if sol.choice is None:
         return AllocationResult(status=sol.status, assignment=None, objective=None,
                                 bound=sol.bound, gap=None,

@@ -8,6 +8,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fqopt.errors import UserError
+from fqopt.plan import DEFAULT_QUANTIZER, AllocationPlan
+from fqopt.sensitivity import SensitivityTable, table_provenance, table_unit_set
+from fqopt.units import UnitSet
 
 STATUSES = ("optimal", "feasible", "infeasible", "timeout")
 
@@ -53,6 +56,10 @@ class AllocationResult:
     objective_name: str = ""
     budget: dict = field(default_factory=dict)      # {"kind": ..., "value": ...}
     groups: list[str] = field(default_factory=list)
+    # from the problem (AllocationProblem.from_units / from_table): what to_plan needs
+    units: UnitSet | None = field(default=None, repr=False)
+    candidate_bits: list[int] | None = field(default=None, repr=False)
+    provenance: dict = field(default_factory=dict, repr=False)
 
     @property
     def ok(self) -> bool:
@@ -84,34 +91,57 @@ class AllocationResult:
             return {}
         return {g: float(c) for g, c in zip(self.groups, self.group_costs)}
 
-    def to_plan(self, table_or_units, *, model: str | None = None, meta: dict | None = None,
-                quantizer: str | None = None):
-        """An :class:`~fqopt.plan.AllocationPlan` of this assignment.
+    def to_plan(self, table_or_units=None, *, model: str | None = None,
+                meta: dict | None = None, quantizer: str | None = None,
+                bits: str | None = None) -> AllocationPlan:
+        """An :class:`~fqopt.plan.AllocationPlan` of this assignment, over the units of the
+        problem it solved (built with ``from_units`` or ``from_table``).
 
-        ``table_or_units`` is the :class:`~fqopt.sensitivity.SensitivityTable` the problem came
-        from or its :class:`~fqopt.units.UnitSet`; ``model`` defaults to the table's
-        ``meta['model']`` (else ``'unknown'``). ``quantizer`` is recorded in the plan and
-        applied with it; it defaults to the quantizer the table was profiled with
-        (``meta['quantizer']``), else ``maxabs``.
+        The plan records the problem's provenance: ``model`` defaults to the table's
+        ``meta['model']`` (else ``'unknown'``), ``quantizer`` (recorded and applied with the
+        plan) to the table's ``meta['quantizer']`` (else ``maxabs``), and ``plan.meta`` starts
+        with the table's file, method, dataset and granularity; ``meta`` adds to it.
+        ``bits``: ``"candidates"`` records the problem's candidate bit-widths as the plan's
+        ``bits``, ``"used"`` only those the assignment uses; the default is ``candidates``.
+
+        ``table_or_units`` is accepted for compatibility (the table the problem came from, or a
+        :class:`~fqopt.units.UnitSet`); it must describe the same units. A table given is read
+        for provenance as it is now; for a problem built by hand, the table or a UnitSet gives
+        the units (with a UnitSet, ``bits`` defaults to ``"used"`` as it did).
         """
-        from fqopt.plan import AllocationPlan
-        from fqopt.sensitivity import SensitivityTable, table_unit_set
-
         if self.assignment is None:
             raise UserError(f"no plan to write: the {self.backend} solve ended "
                             f"{self.status} ({self.message})")
-        if isinstance(table_or_units, SensitivityTable):
-            units = table_unit_set(table_or_units)
-            model = model or (table_or_units.meta or {}).get("model") or "unknown"
-            bits = table_or_units.bits.tolist()
-            quantizer = quantizer or (table_or_units.meta or {}).get("quantizer")
-        else:
-            units, bits = table_or_units, None
-            model = model or "unknown"
+        units, prov = self.units, self.provenance
+        if table_or_units is not None:
+            given = (table_or_units.units if isinstance(table_or_units, SensitivityTable)
+                     else table_or_units.names if isinstance(table_or_units, UnitSet) else None)
+            if given is None:
+                raise UserError(f"to_plan takes a SensitivityTable or a UnitSet, got "
+                                f"{type(table_or_units).__name__}")
+            if isinstance(table_or_units, UnitSet):  # the old call: plans listed used bits
+                units = table_or_units if units is None else units
+                bits = bits or "used"
+            else:  # the table as it is now (its meta may have been edited since)
+                prov = table_provenance(table_or_units)
+                units = table_unit_set(table_or_units) if units is None else units
+            if len(given) != len(self.assignment) or (units is not None
+                                                      and list(given) != units.names):
+                raise UserError("to_plan: the table or units given are not those the problem "
+                                "was built from")
+        if units is None:
+            raise UserError("to_plan: this result's problem has no units; build it with "
+                            "AllocationProblem.from_units or from_table")
+        bits = bits or "candidates"
+        if bits not in ("candidates", "used"):
+            raise UserError(f"to_plan: bits must be 'candidates' or 'used', got {bits!r}")
         return AllocationPlan.from_unit_bits(
-            units, self.assignment, model=model, bits=bits, budget=dict(self.budget),
-            objective=self.objective_name, predicted=self.predicted(), solver=self.summary(),
-            meta=meta, quantizer=quantizer or "maxabs")
+            units, self.assignment, model=model or prov.get("model") or "unknown",
+            bits=self.candidate_bits if bits == "candidates" else None,
+            budget=dict(self.budget), objective=self.objective_name,
+            predicted=self.predicted(), solver=self.summary(),
+            meta={**prov.get("meta", {}), **(meta or {})},
+            quantizer=quantizer or prov.get("quantizer") or DEFAULT_QUANTIZER)
 
     def __repr__(self) -> str:
         obj = "-" if self.objective is None else f"{self.objective:.6g}"

@@ -14,7 +14,7 @@ from torch import nn
 
 from fqopt.errors import UserError
 from fqopt.quantizers import fixed_fake_quantize_ste, fractional_fake_quantize
-from fqopt.sensitivity import MAX_BITS, MIN_BITS
+from fqopt.units import MAX_BITS, MIN_BITS
 
 
 class BitWidths(nn.Module):

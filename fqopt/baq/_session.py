@@ -23,11 +23,12 @@ from fqopt.baq._result import RefineResult
 from fqopt.baq._state import STATE_SCHEMA, cpu_state, load_finetune, load_state, save_state
 from fqopt.errors import UserError
 from fqopt.evaluation import evaluate as evaluate_model
-from fqopt.plan import AllocationPlan, check_bits
+from fqopt.discovery import default_pins, discover_units, quantizable_layers
+from fqopt.plan import AllocationPlan
 from fqopt.profiling import DEFAULT_BITS
-from fqopt.solvers import BUDGET_KINDS, AllocationProblem, solve
+from fqopt.solvers import AllocationProblem, solve
 from fqopt.training import augment_batch, epoch_order
-from fqopt.units import default_pins, discover_units, quantizable_layers
+from fqopt.units import check_bits, check_budget_kind
 
 
 class RefineSession:
@@ -75,10 +76,7 @@ class RefineSession:
 
         # the budget
         recorded = plan.budget if isinstance(plan.budget, dict) else None
-        kind = budget_kind or (recorded or {}).get("kind") or "avg_bits"
-        if kind not in BUDGET_KINDS:
-            raise UserError(f"unknown budget kind {kind!r}; expected one of "
-                            f"{', '.join(BUDGET_KINDS)}")
+        kind = check_budget_kind(budget_kind or (recorded or {}).get("kind") or "avg_bits")
         self.budget_kind = kind
         self.problem = self._problem(np.zeros((len(self.units), 1, len(self.bits))), 0.0)
         plan_usage = self.problem.budget_used(self.init_bits)
@@ -104,27 +102,22 @@ class RefineSession:
                             f"{budget:.6g} {kind} ({origin}); allocate a plan within the budget "
                             "or pass --allow-over-budget to let refinement pull it down")
         # a_u: what one bit of unit u spends (weights; MACs × activation bits for BOPs)
-        self.budget_weights = (self.units.macs * self.problem.activation_bits
-                               if kind == "bops" else self.units.sizes).astype(np.float64)
+        self.budget_weights = self.units.budget_weights(
+            kind, self.problem.activation_bits).astype(np.float64)
 
     @property
     def budget_spec(self) -> dict:
         return {"kind": self.budget_kind, "value": self.budget}
 
     def _problem(self, costs, budget):
-        """The rounding's AllocationProblem, built here from the unit set and the pins (issue 13:
-        to come from the shared unit/budget model once it exists)."""
+        """The rounding's AllocationProblem over the plan's units (sizes, MACs and overhead from
+        the shared unit model); pinned layers keep the plan's own bits, unit by unit."""
         slices = self.units.unit_slices()
-        pins = {}
-        for layer in getattr(self, "pinned", ()):
-            for u in range(slices[layer].start, slices[layer].stop):
-                pins[u] = int(self.init_bits[u])
-        overhead = self.units.overhead_bytes
-        return AllocationProblem(costs=costs, bits=self.bits, sizes=self.units.sizes,
-                                 budget=budget, budget_kind=self.budget_kind,
-                                 objective="balanced", macs=self.units.macs, pins=pins,
-                                 unit_names=self.units.names, group_names=["rounding"],
-                                 size_overhead=overhead, source="BAQ rounding")
+        pins = {layer: self.init_bits[slices[layer]] for layer in getattr(self, "pinned", ())}
+        return AllocationProblem.from_units(
+            self.units, costs, bits=self.bits, budget=budget, budget_kind=self.budget_kind,
+            objective="balanced", pins=pins, ties=None, group_names=["rounding"],
+            source="BAQ rounding")
 
     # ------------------------------------------------------------------ driver
     def run_all(self, *, out_dir, settings, epochs, finetune_epochs, resume, force, evaluate,

@@ -8,6 +8,7 @@ import click
 
 from fqopt.cli import _ui
 from fqopt.errors import UserError
+from fqopt.units import check_bits
 
 
 def parse_options(pairs: tuple[str, ...], what: str = "--data-option") -> dict:
@@ -30,9 +31,9 @@ def parse_bits(text: str) -> list[int]:
     except ValueError:
         raise UserError(f"--bits must be a comma list of integers such as 2,3,4,6,8, "
                         f"got {text!r}") from None
-    bad = [b for b in bits if not 2 <= b <= 8]
-    if bad or not bits:
-        raise UserError(f"--bits {text!r}: bit-widths must be integers in 2-8")
+    if not bits:
+        raise UserError(f"--bits {text!r}: name at least one bit-width")
+    check_bits(bits, what=f"--bits {text!r}: bit-widths")
     return bits
 
 
@@ -117,7 +118,7 @@ def load_plan_or_uniform(run, model, plan: str | None, uniform: int | None,
         return None
     # deferred: loads torch (`fqopt <command> --help` stays fast)
     from fqopt.plan import AllocationPlan
-    from fqopt.units import discover_units
+    from fqopt.discovery import discover_units
 
     if plan is not None:
         p = AllocationPlan.load(plan)

@@ -124,10 +124,6 @@ def command(table_path, budget_text, budget_kind, objective, backend, time_limit
     for path in paths:
         check_writable(path, force, what="plan")
 
-    meta = {"table": str(table_path)}
-    for key in ("method", "dataset", "granularity"):
-        if key in (table.meta or {}):
-            meta[key] = table.meta[key]
     if len(budgets) > 1:
         with RichProgress(transient=True) as bar:
             results = solve_ladder(problem, budgets, backend, time_limit=time_limit,
@@ -140,7 +136,7 @@ def command(table_path, budget_text, budget_kind, objective, backend, time_limit
             raise UserError(f"solver {res.backend} found no assignment for budget {b:g} "
                             f"{budget_kind} within {time_limit:g} s ({res.message}); raise "
                             "--time-limit or use --solver lagrange")
-        plan = res.to_plan(table, meta=meta)
+        plan = res.to_plan()   # records the table's file, method, dataset and granularity
         plan.save(path)
         rec = {"budget": b, **res.summary(), "avg_bits": plan.avg_bits,
                "size_bytes": plan.size_bytes, "plan": str(path)}

@@ -11,13 +11,14 @@ from fqopt.cli import _ui
 from fqopt.cli._common import (load_plan_or_uniform, print_report, quantizer_options,
                                resolve_quantizer)
 from fqopt.runs import Run
+from fqopt.units import MAX_BITS, MIN_BITS
 
 
 @click.command("evaluate", help="Fairness report of the FP model or of a quantization plan.")
 @_ui.run_option()
 @click.option("--plan", type=click.Path(dir_okay=False), default=None,
               help="Plan JSON to apply (fake quantization).")
-@click.option("--uniform", type=click.IntRange(2, 8), default=None,
+@click.option("--uniform", type=click.IntRange(MIN_BITS, MAX_BITS), default=None,
               help="Uniform bit-width for every unit (pinned layers stay at their bits).")
 @click.option("--split", type=click.Choice(["train", "search", "test"]), default="test",
               show_default=True)

@@ -11,6 +11,7 @@ from fqopt.cli import _ui
 from fqopt.cli._common import quantizer_options, resolve_quantizer
 from fqopt.errors import UserError
 from fqopt.runs import Run
+from fqopt.units import MAX_BITS, MIN_BITS
 
 
 @click.command("export", help="Write packed low-bit weights (safetensors) or an ONNX model "
@@ -20,7 +21,7 @@ from fqopt.runs import Run
               help="Run folder whose trained model is exported [default: runs/default].")
 @click.option("--plan", type=click.Path(dir_okay=False), default=None,
               help="Plan JSON giving every unit's bit-width.")
-@click.option("--uniform", type=click.IntRange(2, 8), default=None,
+@click.option("--uniform", type=click.IntRange(MIN_BITS, MAX_BITS), default=None,
               help="Uniform bit-width instead of a plan (pinned layers stay at their bits).")
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
               help="File to write [default: RUN/exports/<plan name>.safetensors or .onnx].")
@@ -76,7 +77,7 @@ def command(run_dir, plan, uniform, out, checkpoint, quantizer, override_quantiz
         p = plan  # a path: export() loads it and names it in its messages
     else:
         # deferred: loads torch (`fqopt export --help` stays fast)
-        from fqopt.units import discover_units
+        from fqopt.discovery import discover_units
 
         p = AllocationPlan.uniform(discover_units(model, "layer"), uniform,
                                    model=run.model_name, quantizer=quantizer)

@@ -11,6 +11,7 @@ from fqopt.cli import _ui
 from fqopt.cli._common import parse_bits
 from fqopt.errors import UserError
 from fqopt.runs import Run
+from fqopt.units import GRANULARITIES, MAX_BITS, MIN_BITS
 
 METHOD_NAMES = ("fisher", "hutchinson", "measured", "gradient", "grape")
 
@@ -20,10 +21,10 @@ METHOD_NAMES = ("fisher", "hutchinson", "measured", "gradient", "grape")
 @_ui.run_option()
 @click.option("--method", default="fisher", show_default=True,
               help=f"Sensitivity method: {', '.join(METHOD_NAMES)}.")
-@click.option("--granularity", type=click.Choice(["layer", "channel"]), default="channel",
+@click.option("--granularity", type=click.Choice(GRANULARITIES), default="channel",
               show_default=True, help="Unit: a whole layer or one output channel.")
 @click.option("--bits", "bits_text", default="2,3,4,6,8", show_default=True,
-              help="Candidate bit-widths (comma list, each 2-8).")
+              help=f"Candidate bit-widths (comma list, each {MIN_BITS}-{MAX_BITS}).")
 @click.option("--calib", type=click.IntRange(1), default=1024, show_default=True,
               help="Calibration samples from the train split, stratified by group.")
 @click.option("--split", type=click.Choice(["train", "search", "test"]), default="train",
