@@ -9,7 +9,11 @@ import dataclasses
 import re
 from pathlib import Path
 
+import numpy as np
+
+from fqopt import mct
 from fqopt.apply import resolve_plan
+from fqopt.data import iter_batches
 from fqopt.plan import AllocationPlan
 from fqopt.search._plans import plan_key
 from fqopt.search._results import AcceptanceCheck, PlanRecord, SearchResults, SplitFigures
@@ -63,14 +67,18 @@ def plan_file_name(rec: PlanRecord, index: int) -> str:
 
 
 def evaluate_on_test(run, study, *, model=None, callback=None, plans_dir=None,
-                     with_predictions: bool = False):
+                     with_predictions: bool = False, mct_budget: float | None = None,
+                     notes: list | None = None):
     """Re-evaluate the Pareto plans and every seed baseline on the test split (with bootstrap
     intervals); write ``plans/pareto-NN-<bits>b-<what>.json``. Returns a
     :class:`SearchResults` holding ``fp32`` (both splits), ``pareto`` and ``baselines``.
     Uniform plans outside the study's budget range, and FairQuant's uniform baselines (every
     layer), are evaluated here beside the study.
     With ``with_predictions``, returns ``(results, Predictions)``: every record's per-image
-    test predictions (each record names its own in ``pred``), for paired comparisons."""
+    test predictions (each record names its own in ``pred``), for paired comparisons.
+    ``mct_budget`` (average bits): also Sony MCT's mixed precision at that weights memory
+    (weights only, :mod:`fqopt.mct`), a baseline of kind ``mct`` — when MCT is installed; why
+    it is missing goes into ``notes``."""
     model = model if model is not None else run.model()
     ds = run.dataset()
     plans_dir = Path(plans_dir or run.plans_dir)
@@ -156,9 +164,45 @@ def evaluate_on_test(run, study, *, model=None, callback=None, plans_dir=None,
             search=SplitFigures(compact_report(search_eval.report(plan, "maxabs")[0])),
             test=SplitFigures(rep), pred=key))
         tick(label)
+    if mct_budget is not None:
+        rec = _mct_baseline(run, model, ds, float(mct_budget), test, search_eval, predictions,
+                            notes if notes is not None else [])
+        if rec is not None:
+            baselines.append(rec)
     out = SearchResults(fp32={k: SplitFigures(v) for k, v in fp.items()}, pareto=records,
                         baselines=baselines)
     return (out, predictions) if with_predictions else out
+
+
+#: representative train images MCT calibrates and scores its mixed precision with
+MCT_IMAGES = 512
+
+
+def _mct_baseline(run, model, ds, budget, test, search_eval, predictions, notes):
+    """Sony MCT's weights-only mixed precision at ``budget`` average bits, evaluated on both
+    splits (None, with a note, when MCT is missing or cannot quantize the model)."""
+    if not mct.available():
+        notes.append("MCT baseline skipped: model-compression-toolkit is not installed "
+                     "(pip install 'fqopt[bench]')")
+        return None
+    idx = np.random.default_rng([run.seed, 512]).permutation(ds.split("train"))[:MCT_IMAGES]
+    batches = [x for x, _, _ in iter_batches(ds, idx, 64)]
+    try:
+        res = mct.mct_quantize(model, batches, avg_bits=budget, activations=False)
+    except mct.MCTFailed as exc:
+        notes.append(f"MCT baseline skipped: {exc}")
+        return None
+    key = f"mct:{budget:g}"
+    rep = compact_report(test.report(model=res.model, bootstrap=TEST_BOOTSTRAP)[0])
+    predictions.add(key, test.last_predictions)
+    label = f"Sony MCT mixed precision, weights only @ {budget:g} bits"
+    return PlanRecord(
+        trial=None, index=None, label=label, kind="mct", seed=key, params={},
+        quantizer="mct", avg_bits=float(res.avg_bits), objective="mct:mixed-precision",
+        pareto=False, beside_study=True,
+        search=SplitFigures(compact_report(search_eval.report(model=res.model)[0])),
+        test=SplitFigures(rep), pred=key,
+        extra={"mct": {"seconds": round(res.seconds, 1), **res.info}})
 
 
 def acceptance_check(results: SearchResults, bits: float = CHECK_BITS,

@@ -365,6 +365,7 @@ def run_pipeline(run_dir="runs/default", config: PipelineConfig | None = None, *
 
     with header("test", "Pareto plans and baselines on the test split, with 95 % intervals"):
         tested, predictions = evaluate_on_test(run, study, model=model, callback=callback,
+                                               mct_budget=budget, notes=notes,
                                                with_predictions=True)
 
     ds = run.dataset()

@@ -223,7 +223,8 @@ def _verdict_html(results: SearchResults) -> str:
         word = {"better": "better than", "worse": "worse than",
                 "tie": "a tie with"}.get(result, "compared with")
         out.append(f"<p class='{cls}'>Against the best baseline at ≤ {budget:g} bits (the "
-                   "strongest test worst_acc among uniform, FairQuant and HAWQ-style plans), "
+                   "strongest test worst_acc among uniform, FairQuant, HAWQ-style and Sony MCT "
+                   "plans), "
                    f"{html.escape(base.label)} ({base.avg_bits:.2f} bits; test worst_acc "
                    f"{interval_text(base.test, 'worst_acc')}): {word} it. "
                    f"Recommended − baseline ({how}, 95 %): worst_acc "

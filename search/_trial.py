@@ -135,24 +135,32 @@ class SplitEvaluator:
         return int(self.y.shape[0])
 
     @torch.no_grad()
-    def predict(self) -> dict:
+    def predict(self, model=None) -> dict:
+        """Predictions of the evaluator's model, or of ``model`` (another module over the same
+        inputs, e.g. a baseline tool's quantized model) on the split."""
+        model = self.model if model is None else model.eval()
+        device = next(iter(model.parameters()), self.x).device
         probs = []
         for start in range(0, len(self), self.batch_size):
-            logits = self.model(self.x[start:start + self.batch_size]).float()
+            logits = model(self.x[start:start + self.batch_size].to(device))
+            logits = (logits[0] if isinstance(logits, (list, tuple)) else logits).float()
             probs.append(torch.softmax(logits, dim=1).cpu())
         prob = torch.cat(probs).numpy().astype(np.float64)
         return {"y_true": self.y.numpy(), "y_pred": prob.argmax(axis=1),
                 "groups": self.g.numpy(), "y_prob": prob}
 
-    def report(self, plan=None, quantizer: str = "maxabs", *, bootstrap: int = 0
-               ) -> tuple[object, dict]:
+    def report(self, plan=None, quantizer: str = "maxabs", *, bootstrap: int = 0,
+               model=None) -> tuple[object, dict]:
         """``(FairnessReport, seconds)``; ``seconds`` has ``apply``, ``evaluate``, ``restore``.
         ``bootstrap`` > 0 adds the report's percentile intervals; the per-image predicted
-        classes stay in ``last_predictions`` ``[n]`` (for paired comparisons)."""
+        classes stay in ``last_predictions`` ``[n]`` (for paired comparisons). ``model``
+        (``plan`` None): evaluate that module instead of the evaluator's own."""
         seconds = {"apply": 0.0, "evaluate": 0.0, "restore": 0.0}
+        if model is not None and plan is not None:
+            raise ValueError("report: give a plan or another model, not both")
         if plan is None:
             t0 = time.perf_counter()
-            pred = self.predict()
+            pred = self.predict(model)
             seconds["evaluate"] = time.perf_counter() - t0
         elif self.bank is not None and self.bank.covers(plan):
             t0 = time.perf_counter()

@@ -27,7 +27,7 @@ PREDICTIONS_FILE = "test_predictions.npz"
 #: budgets at which the report marks a recommended plan
 REPORT_BUDGETS = (3.0, 3.5, 4.0, 4.5, 5.5)
 #: baselines a recommendation is compared with (docs/design.md §6); ``ladder`` is fqopt's own
-BASELINE_KINDS = ("uniform", "uniform-all", "fairquant", "hawq")
+BASELINE_KINDS = ("uniform", "uniform-all", "fairquant", "hawq", "mct")
 #: a baseline counts at a budget when its average bits are within this of it (uniform 4-bit
 #: with the stem and head at 8 bits has a little over 4)
 BITS_SLACK = 0.05
@@ -157,7 +157,7 @@ def recommend(results: SearchResults, budget: float = DEFAULT_BUDGET) -> PlanRec
 
 
 def best_baseline(results: SearchResults, budget: float = DEFAULT_BUDGET) -> PlanRecord | None:
-    """The strongest baseline (uniform, FairQuant, HAWQ-style) at ≤ ``budget`` (+ a little)
+    """The strongest baseline (uniform, FairQuant, HAWQ-style, Sony MCT) at ≤ ``budget`` (+ a little)
     average bits, by *test* ``worst_acc``: the comparison is made as hard as it can be."""
     split = "test" if any(b.test for b in results.baselines) else "search"
     cands = [b for b in results.baselines if b.kind in BASELINE_KINDS]

@@ -323,3 +323,30 @@ def test_show_lists_the_pareto_plans(searched, capsys):
     out = capsys.readouterr().out
     assert "Pareto plans of fqopt-test_resnet-channel" in out
     assert out.count("\n│ ") >= len(rows)
+
+
+def test_mct_is_a_baseline_or_says_why_not(searched):
+    """Sony MCT at the recommendation's budget joins the baselines the verdict compares with
+    when it is installed (``pip install fqopt[bench]``); otherwise the results say why not."""
+    import numpy as np
+
+    from fqopt import mct
+    from fqopt.search._verdict import BASELINE_KINDS, PREDICTIONS_FILE
+
+    run, result = searched
+    res = json.loads((run.reports_dir / "search_test.json").read_text())
+    found = [b for b in res["baselines"] if b["kind"] == "mct"]
+    assert "mct" in BASELINE_KINDS
+    if not mct.available():
+        assert not found
+        assert any("model-compression-toolkit is not installed" in n for n in res["notes"])
+        return
+    assert len(found) == 1
+    rec = found[0]
+    assert rec["seed"] == "mct:4" and rec["avg_bits"] <= 4 + 1e-6
+    with np.load(run.reports_dir / PREDICTIONS_FILE) as z:
+        pred = z[f"pred:{rec['pred']}"]
+        y, g = z["y_true"], z["groups"]
+    # the recorded test figures are those of the kept predictions (independent recount)
+    acc = [float((pred[g == k] == y[g == k]).mean()) for k in np.unique(g)]
+    assert rec["test"]["worst_acc"] == pytest.approx(min(acc), abs=1e-12)

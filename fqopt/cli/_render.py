@@ -91,7 +91,7 @@ def print_summary(res, report_path=None) -> None:
         base = s.best_baseline
         if base is not None:
             info(f"  best baseline at ≤ {budget:g} bits (strongest test worst_acc of uniform, "
-                 f"FairQuant, HAWQ-style): {base.label} ({base.avg_bits:.2f} "
+                 f"FairQuant, HAWQ-style, MCT): {base.label} ({base.avg_bits:.2f} "
                  f"bits), test worst_acc {interval_text(base.test, 'worst_acc')}, avg_acc "
                  f"{interval_text(base.test, 'avg_acc')}")
             cmp = s.comparison
