@@ -348,6 +348,11 @@ def run_pipeline(run_dir="runs/default", config: PipelineConfig | None = None, *
                                      quantizer=table_quantizer(quantizers), callback=callback)
     notes += more
 
+    if budget < budget_range[0]:
+        # the recommendation is made at `budget`: the study must be able to propose plans there
+        notes.append(f"budget range widened to {budget:g}–{budget_range[1]:g} bits to include "
+                     f"--budget {budget:g}")
+        budget_range = (float(budget), budget_range[1])
     url = storage or default_storage_url(run.path)
     store = artifact_store(run, artifacts)
     with header("search", f"{n_trials} trials, {sampler}, budgets "
@@ -357,6 +362,7 @@ def run_pipeline(run_dir="runs/default", config: PipelineConfig | None = None, *
         study = run_search(run, tables, n_trials=n_trials, storage=storage,
                            study_name=study_name, sampler=sampler, seed=seed, space=space,
                            direct=direct, timeout=timeout, force=force, model=model,
+                           budget=budget,
                            callback=callback, artifacts=store if store is not None else None)
     counts = count_states(study)
     if counts["complete"] < n_trials:

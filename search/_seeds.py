@@ -59,11 +59,20 @@ class SeedTrial:
 
 def default_seeds(space, maker, *, ladder=DEFAULT_LADDER, uniform=DEFAULT_UNIFORM,
                   fairquant=DEFAULT_FAIRQUANT, fairquant_budgets=DEFAULT_FAIRQUANT_BUDGETS,
-                  hawq_budgets=DEFAULT_HAWQ_BUDGETS, quantizer: str = "maxabs"
-                  ) -> list[SeedTrial]:
+                  hawq_budgets=DEFAULT_HAWQ_BUDGETS, quantizer: str = "maxabs",
+                  budget: float | None = None) -> list[SeedTrial]:
     """The seed trials of a solver-driven study (``space``: a SearchSpace; ``maker``: the
-    PlanMaker, for the smallest feasible budget). Order: the order they run in."""
+    PlanMaker, for the smallest feasible budget). Order: the order they run in.
+    ``budget``: where the recommendation will be made; fqopt's ``worst`` plan, FairQuant's and
+    the HAWQ-style plan at exactly that budget join the ladder (a budget between the ladder's
+    rungs would otherwise be judged on plans built for less)."""
     lo, hi = space.budget_range
+    if budget is not None:
+        b = round(float(budget), 6)
+        ladder = tuple(sorted(set(ladder) | {b}))
+        fairquant_budgets = tuple(fairquant_budgets) + ((b,) if b not in fairquant_budgets
+                                                        else ())
+        hawq_budgets = tuple(sorted(set(hawq_budgets) | {b}))
     floor = maker.min_budget()
     main = space.methods[0]
     seeds: list[SeedTrial] = []

@@ -168,7 +168,7 @@ def run(run, tables, *, n_trials: int = DEFAULT_TRIALS, storage: str | None = No
         timeout: float | None = None, backend: str | None = None,
         population_size: int | None = None,
         force: bool = False, device=None, evaluator: SplitEvaluator | None = None,
-        model=None, callback=None, artifacts=True):
+        model=None, callback=None, artifacts=True, budget: float | None = None):
     """Run (or resume, or join) the multi-objective search; returns the ``optuna.Study``.
 
     Args:
@@ -184,6 +184,8 @@ def run(run, tables, *, n_trials: int = DEFAULT_TRIALS, storage: str | None = No
         direct: let Optuna pick every layer's bits itself (layer granularity only); the budget
             range becomes a constraint.
         seeds: enqueue the default seed trials (True), none (False), or these SeedTrials.
+        budget: the average bits a recommendation will be made at: the default seeds then
+            include fqopt's, FairQuant's and the HAWQ-style plan at exactly that budget.
         timeout: stop starting new trials after this many seconds.
         backend: solver back-end (default ``lagrange`` at channel granularity, ``auto``
             at layer granularity).
@@ -224,8 +226,8 @@ def run(run, tables, *, n_trials: int = DEFAULT_TRIALS, storage: str | None = No
                             budget_range=solver_space.budget_range,
                             quantizers=solver_space.quantizers)
     if seeds is True:
-        seed_list = (direct_seeds(space, maker, solver_space) if direct
-                     else default_seeds(space, maker))
+        seed_list = (direct_seeds(space, maker, solver_space, budget=budget) if direct
+                     else default_seeds(space, maker, budget=budget))
     elif seeds is False or seeds is None:
         seed_list = []
     else:

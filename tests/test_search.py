@@ -200,6 +200,26 @@ def test_default_seeds(srun):
     assert not [s for s in fewer if "gradient" in s.key]
 
 
+def test_default_seeds_at_the_recommendation_budget(srun):
+    """A budget between the ladder's rungs gets fqopt's, FairQuant's and the HAWQ-style plan
+    built for exactly that budget; the default budget (4) adds nothing new."""
+    from fqopt.search import PlanMaker, SearchSpace, build_plan, default_seeds
+
+    run, tables = srun
+    maker = PlanMaker(tables, model_name=run.model_name)
+    space = SearchSpace(methods=METHODS, budget_range=(2.25, 7.0))
+    plain = {s.key for s in default_seeds(space, maker)}
+    assert plain == {s.key for s in default_seeds(space, maker, budget=4.0)}
+    seeds = {s.key: s for s in default_seeds(space, maker, budget=2.75)}
+    new = set(seeds) - plain
+    assert new == {"worst@2.75", "mean@2.75", "fairquant:gradient+max@2.75",
+                   "fairquant:grape+balanced@2.75"}
+    for key in sorted(new):
+        plan = build_plan(maker, seeds[key].builder, seeds[key].params, seeds[key].options)
+        assert plan.avg_bits <= 2.75 + 1e-9, key
+    assert seeds["worst@2.75"].params["budget"] == 2.75
+
+
 # --------------------------------------------------------------------------- the study
 def test_run_study_records_plans_and_reports(srun, tmp_path):
     """Directions, metric names, seeds first and once, and every trial's stored plan and
