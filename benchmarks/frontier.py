@@ -47,7 +47,12 @@ budget (parameter-weighted average bits) on the same test draw:
   re-expression of timm's forward with the same modules. Optional dependency
   (``pip install .[bench]``); skipped with a note when missing or when MCT cannot trace the
   model;
-- ``fqopt_default``: :func:`fqopt_default` below (edit it to change fqopt's configuration);
+- ``ceiling`` (reference): every layer at 8 bits, fine-tuned exactly as ``fqopt_default`` —
+  what a fine-tuned model reaches when quantization costs (almost) nothing;
+- ``fqopt_default``: :func:`fqopt_default` below (edit it to change fqopt's configuration):
+  the static ``worst`` plan, fine-tuned with distillation under max-abs as ``fqopt search``
+  refines; ``fqopt_ft_mse`` is session 4's default (no distillation, mse) and
+  ``fqopt_ft_maxabs`` the default without distillation;
 - ``fqopt_search``: what ``fqopt search`` recommends at the budget: among the complete trials of
   a study (library API, ``--search-trials`` trials, budget range [min budget, 7]) with
   ``avg_bits ≤ budget``, the best *search-split* ``worst_acc``;
@@ -60,7 +65,9 @@ models, and within each model the test images of each group) of ``worst_acc`` (f
 best baseline), best baseline = the non-fqopt row (FP32 excluded) with the highest mean
 ``worst_acc`` among those whose mean ``avg_bits`` is within the budget; "tie" when the interval
 contains 0. Where the best baseline is a fine-tuned row, the best static (not fine-tuned)
-baseline is compared too. Per-sample correctness is kept (and cached per row under each run folder).
+baseline is compared too. For every fqopt row and the best baseline, the same interval of the
+row minus each reference row (FP32, ``ceiling``). Per-sample correctness is kept (and cached
+per row under each run folder).
 
 Rows are cached per (run, row, budget, settings); rows of kind ``fqopt`` are recomputed on every
 call unless ``--reuse-fqopt`` (so an edited :func:`fqopt_default` is always measured);
