@@ -60,6 +60,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fqopt._io import read_json, write_json
 from fqopt.errors import UserError
 
 SCHEMA = "fqopt.report/1"
@@ -660,14 +661,10 @@ class FairnessReport:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the report as JSON, atomically."""
-        from fqopt._io import write_json
-
         write_json(path, self.to_dict())
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "FairnessReport":
-        from fqopt._io import read_json
-
         return cls.from_dict(read_json(path, what="fairness report"), source=str(Path(path)))
 
     # ------------------------------------------------------------------ views

@@ -63,8 +63,9 @@ from torch import nn
 
 from fqopt._registry import Registry
 from fqopt._version import __version__
-from fqopt.errors import UserError
+from fqopt.apply import quantized_layers
 from fqopt.discovery import discover_units, quantizable_layers
+from fqopt.errors import UserError
 from fqopt.quantizers import QUANTIZERS, fake_quantize
 from fqopt.sensitivity import SensitivityTable
 from fqopt.units import GRANULARITIES, MAX_BITS, MIN_BITS, UnitSet, check_bits
@@ -499,8 +500,6 @@ class Measured(SensitivityMethod):
         return (sums / counts.clamp(min=1)).numpy()
 
     def run(self, ctx):
-        from fqopt.apply import quantized_layers
-
         costs = ctx.empty_costs()
         base = self._group_losses(ctx)
         total = len(ctx.units.layers) * len(ctx.bits)

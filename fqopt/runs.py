@@ -15,13 +15,14 @@ Layout::
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
 import socket
 from pathlib import Path
 
-from fqopt._io import read_json, write_json
+from fqopt._io import atomic_path, read_json, write_json
 from fqopt._version import __version__
 from fqopt.errors import UserError
 
@@ -43,7 +44,7 @@ class Run:
                model: str | None = None, image_size: int | None = None, seed: int = 0,
                force: bool = False, input_config: dict | None = None) -> "Run":
         """Write a new run's ``config.json`` (refuses an existing run unless ``force``)."""
-        from fqopt import data, models
+        from fqopt import data, models  # deferred: torch/timm; a Run opens without them (`fqopt show`, `--help`)
 
         path = Path(path)
         if (path / "config.json").exists() and not force:
@@ -151,7 +152,7 @@ class Run:
 
     def dataset(self):
         """The run's dataset (cached per process: generation/indexing happens once)."""
-        from fqopt import data
+        from fqopt import data  # deferred: numpy; a Run opens without it (`fqopt show`, `--help`)
 
         spec = self.config["dataset"]
         norm = self.config.get("input") or {}
@@ -178,7 +179,7 @@ class Run:
 
     def new_model(self):
         """The run's architecture with fresh random weights."""
-        from fqopt import models
+        from fqopt import models  # deferred: torch/timm; a Run opens without them (`fqopt show`, `--help`)
 
         return models.create(self.model_name, self.num_classes, image_size=self.image_size)
 
@@ -187,7 +188,7 @@ class Run:
         if not self.has_model():
             raise UserError(f"run {self.path} has no trained model ({self.checkpoint_path} is "
                             f"missing); run `fqopt train --out {self.path}` first")
-        from fqopt import models
+        from fqopt import models  # deferred: torch/timm; a Run opens without them (`fqopt show`, `--help`)
 
         m = self.new_model()
         models.load_weights(m, self.checkpoint_path, name=self.model_name)
@@ -325,7 +326,7 @@ def training_session(path):
 def _center_crop(inner, size: int):
     """``inner`` (decoded at a larger size) seen through a centred ``size`` x ``size`` window;
     every attribute but the images is the inner dataset's."""
-    from fqopt.data import FairDataset
+    from fqopt.data import FairDataset  # deferred: numpy; a Run opens without it (`fqopt show`, `--help`)
 
     class CenterCropped(FairDataset):
         def load_images(self, indices):
@@ -355,12 +356,9 @@ def import_checkpoint(path, *, model: str, checkpoint, dataset: str = "synthderm
     mean/std: the input normalisation the model was trained with (default: the dataset's).
     Writes ``config.json``, ``model.pt`` and ``reports/fp_test.json`` (the FP32 test figures).
     """
-    import hashlib
-
+    # deferred: torch/timm; a Run opens without them (`fqopt show`, `--help`)
     import torch
-
     from fqopt import data, models
-    from fqopt._io import atomic_path
     from fqopt.evaluation import evaluate
 
     path = Path(path)

@@ -372,7 +372,7 @@ def parse_unit_name(name: str) -> tuple[str, int | None]:
 def __getattr__(name: str):
     # discover_units & co. walk torch modules: import torch only when one of them is used
     if name in _DISCOVERY:
-        from fqopt import discovery
+        from fqopt import discovery  # deferred: discovery imports torch, units stays torch-free
 
         return getattr(discovery, name)
     raise AttributeError(f"module 'fqopt.units' has no attribute {name!r}")
