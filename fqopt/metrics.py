@@ -48,6 +48,10 @@ Policy for cells without support (``POLICY``, stored in every report):
 
 Cost: the counts-only report of 100k samples takes about a millisecond; AUC adds one sort of the
 scores per class; bootstrap is ``resamples × groups`` multinomial draws over the nonzero cells.
+
+One module (~700 lines, a quarter of it this docstring) because every figure is a function of the
+same ``counts`` array under the policy above: the definitions, the accumulator, the bootstrap and
+the report's JSON contract are one specification, read together.
 """
 
 from __future__ import annotations

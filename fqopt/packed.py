@@ -26,6 +26,10 @@ Why scales and levels share one tensor, and the other state two: a safetensors h
 ~80 bytes per tensor, and the file must stay within 2 % of the plan's ``size_bytes`` (which
 counts packed weights, scales, float parameters and buffers, not the header) on the default
 model at 3 bits; one tensor per layer part and per state entry would cost ~7 KB there (4.5 %).
+
+One module (~700 lines) because writing, reading and ``--check`` are the two sides of one file
+format: the packing, the header and the checksum must change together, and a reader of the
+format finds both directions here.
 """
 
 from __future__ import annotations
