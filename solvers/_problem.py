@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fqopt.errors import UserError
-from fqopt.sensitivity import table_provenance, table_unit_set
+from fqopt.sensitivity import CostsShape, table_provenance, table_unit_set
 from fqopt.solvers._objective import Objective
 from fqopt.units import (BUDGET_KINDS, UnitSet, budget_cap, budget_weights, check_bits,
                          check_budget_kind, usage_value)
@@ -30,7 +30,7 @@ OPTIMAL_GAP = 1e-6
 
 # --------------------------------------------------------------------------- reduced problem
 @dataclass(frozen=True, eq=False)
-class ReducedProblem:
+class ReducedProblem(CostsShape):
     """What the back-ends solve: tied units merged, fixed units folded into constants.
 
     ``V`` free super-units (at least two allowed bit-widths each) with summed ``costs``
@@ -56,10 +56,6 @@ class ReducedProblem:
     counts: np.ndarray                 # [V] units per super-unit
     scores: np.ndarray | None = None   # [V] importance scores (size-weighted mean), if given
     family: object = None
-
-    @property
-    def num_units(self) -> int:
-        return self.costs.shape[0]
 
     @property
     def free_cap(self) -> int:
@@ -90,7 +86,7 @@ class ReducedProblem:
 
 # --------------------------------------------------------------------------- the problem
 @dataclass(eq=False)
-class AllocationProblem:
+class AllocationProblem(CostsShape):
     """Choose a bit-width per unit (plain arrays; solved by :func:`fqopt.solvers.solve`).
 
     Args:
@@ -357,18 +353,6 @@ class AllocationProblem:
                               provenance=table_provenance(table), source=src)
 
     # ---------------------------------------------------------------- shape
-    @property
-    def num_units(self) -> int:
-        return self.costs.shape[0]
-
-    @property
-    def num_groups(self) -> int:
-        return self.costs.shape[1]
-
-    @property
-    def num_bits(self) -> int:
-        return self.costs.shape[2]
-
     @property
     def budget_spec(self) -> dict:
         return {"kind": self.budget_kind, "value": self.budget}
