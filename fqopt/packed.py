@@ -27,9 +27,9 @@ Why scales and levels share one tensor, and the other state two: a safetensors h
 counts packed weights, scales, float parameters and buffers, not the header) on the default
 model at 3 bits; one tensor per layer part and per state entry would cost ~7 KB there (4.5 %).
 
-One module (~700 lines) because writing, reading and ``--check`` are the two sides of one file
-format: the packing, the header and the checksum must change together, and a reader of the
-format finds both directions here.
+One module (~700 lines) because writing, reading and ``--check`` all speak one file format: the
+packing, the header and the checksum must change together, and a reader of the format finds
+every direction of it here.
 """
 
 from __future__ import annotations
