@@ -44,7 +44,8 @@ class Run:
                model: str | None = None, image_size: int | None = None, seed: int = 0,
                force: bool = False, input_config: dict | None = None) -> "Run":
         """Write a new run's ``config.json`` (refuses an existing run unless ``force``)."""
-        from fqopt import data, models  # deferred: torch/timm; a Run opens without them (`fqopt show`, `--help`)
+        # deferred: torch/timm; a Run opens without them (`fqopt show`, `--help`)
+        from fqopt import data, models
 
         path = Path(path)
         if (path / "config.json").exists() and not force:
@@ -152,7 +153,8 @@ class Run:
 
     def dataset(self):
         """The run's dataset (cached per process: generation/indexing happens once)."""
-        from fqopt import data  # deferred: numpy; a Run opens without it (`fqopt show`, `--help`)
+        # deferred: numpy; a Run opens without it (`fqopt show`, `--help`)
+        from fqopt import data
 
         spec = self.config["dataset"]
         norm = self.config.get("input") or {}
@@ -179,7 +181,8 @@ class Run:
 
     def new_model(self):
         """The run's architecture with fresh random weights."""
-        from fqopt import models  # deferred: torch/timm; a Run opens without them (`fqopt show`, `--help`)
+        # deferred: torch/timm; a Run opens without them (`fqopt show`, `--help`)
+        from fqopt import models
 
         return models.create(self.model_name, self.num_classes, image_size=self.image_size)
 
@@ -188,7 +191,8 @@ class Run:
         if not self.has_model():
             raise UserError(f"run {self.path} has no trained model ({self.checkpoint_path} is "
                             f"missing); run `fqopt train --out {self.path}` first")
-        from fqopt import models  # deferred: torch/timm; a Run opens without them (`fqopt show`, `--help`)
+        # deferred: torch/timm; a Run opens without them (`fqopt show`, `--help`)
+        from fqopt import models
 
         m = self.new_model()
         models.load_weights(m, self.checkpoint_path, name=self.model_name)
@@ -326,7 +330,8 @@ def training_session(path):
 def _center_crop(inner, size: int):
     """``inner`` (decoded at a larger size) seen through a centred ``size`` x ``size`` window;
     every attribute but the images is the inner dataset's."""
-    from fqopt.data import FairDataset  # deferred: numpy; a Run opens without it (`fqopt show`, `--help`)
+    # deferred: numpy; a Run opens without it (`fqopt show`, `--help`)
+    from fqopt.data import FairDataset
 
     class CenterCropped(FairDataset):
         def load_images(self, indices):

@@ -107,7 +107,8 @@ class CpSatSolver(Solver):
     def _solve(self, red, deadline, hint: Solution | None = None) -> Solution:
         """``hint``: a solution to start from (``auto`` passes lagrange's), else per
         ``warm_start``."""
-        from ortools.sat.python import cp_model  # deferred: a solver library loads only when its back-end runs
+        # deferred: a solver library loads only when its back-end runs
+        from ortools.sat.python import cp_model
 
         t0 = time.perf_counter()
         V, G, _ = red.costs.shape
