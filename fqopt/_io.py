@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -67,8 +68,10 @@ def read_json(path, what: str = "JSON file") -> dict:
 
 def json_default(o):
     """``json.dumps`` fallback for numpy scalars and arrays."""
-    import numpy as np
-
+    # a numpy object exists only once numpy is loaded: no import (the CLI reads _io at startup)
+    np = sys.modules.get("numpy")
+    if np is None:
+        raise TypeError(f"not JSON serialisable: {type(o).__name__}")
     if isinstance(o, np.integer):
         return int(o)
     if isinstance(o, np.floating):

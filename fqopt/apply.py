@@ -27,7 +27,6 @@ from torch import nn
 
 from fqopt.discovery import discover_units, quantizable_layers
 from fqopt.errors import UserError
-from fqopt.discovery import discover_units, quantizable_layers
 from fqopt.plan import AllocationPlan
 from fqopt.quantizers import QUANTIZERS, fake_quantize
 

@@ -13,8 +13,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from fqopt.apply import quantize_
 from fqopt.data._base import FairDataset
 from fqopt.errors import UserError
+from fqopt.profiling import profile
+from fqopt.solvers import AllocationProblem, solve
 
 __all__ = ["LoaderDataset", "auto_quantize"]
 
@@ -121,10 +124,6 @@ def auto_quantize(model: nn.Module, loader: Iterable, *, budget: float = 4.0,
     Returns the :class:`~fqopt.plan.AllocationPlan` (its ``quantizer`` and the loader's group
     names are recorded in ``plan.meta``).
     """
-    from fqopt.apply import quantize_
-    from fqopt.profiling import profile
-    from fqopt.solvers import AllocationProblem, solve
-
     if not isinstance(model, nn.Module):
         raise UserError(f"auto_quantize needs a torch.nn.Module, got {type(model).__name__}")
     ds = collect(loader, max_samples=max_samples)

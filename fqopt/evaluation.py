@@ -5,8 +5,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from fqopt.apply import quantized
 from fqopt.data import iter_batches
 from fqopt.errors import UserError
+from fqopt.metrics import fairness_report
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
@@ -79,8 +81,6 @@ def predict(model, dataset, indices, *, batch_size: int = 256, device=None,
 
 
 def report_from_predictions(pred: dict, dataset, *, bootstrap: int = 0, seed: int = 0):
-    from fqopt.metrics import fairness_report
-
     return fairness_report(pred["y_true"], pred["y_pred"], pred["groups"], y_prob=pred["y_prob"],
                            group_names=dataset.group_names, class_names=dataset.class_names,
                            bootstrap=bootstrap, seed=seed)
@@ -101,8 +101,6 @@ def evaluate(model, dataset, indices="test", *, plan=None, quantizer: str | None
         pred = predict(model, dataset, indices, batch_size=batch_size, device=device,
                        callback=callback)
     else:
-        from fqopt.apply import quantized
-
         with quantized(model, plan, method=quantizer):
             pred = predict(model, dataset, indices, batch_size=batch_size, device=device,
                            callback=callback)

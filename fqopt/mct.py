@@ -56,7 +56,7 @@ class MCTResult:
 def available() -> bool:
     """Whether ``model-compression-toolkit`` can be imported."""
     try:
-        import model_compression_toolkit  # noqa: F401  (optional dependency, probed only)
+        import model_compression_toolkit  # noqa: F401  # deferred: optional dependency, probed only
     except ImportError:
         return False
     return True
@@ -64,7 +64,7 @@ def available() -> bool:
 
 def _import_mct():
     try:
-        import model_compression_toolkit as mct  # optional dependency: deferred on purpose
+        import model_compression_toolkit as mct  # deferred: optional dependency
     except ImportError:
         raise MCTUnavailable("model-compression-toolkit is not installed "
                              "(pip install 'fqopt[bench]')") from None
@@ -74,8 +74,9 @@ def _import_mct():
 def _target_platform(activations: bool):
     """MCT's IMX500 v1 platform (weights {8, 4, 2}); without activation quantization when
     ``activations`` is False."""
+    # deferred: optional dependency
     from model_compression_toolkit.target_platform_capabilities.tpc_models.imx500_tpc.v1_0 \
-        import tpc as imx  # optional dependency
+        import tpc as imx
 
     if activations:
         return imx.get_tpc()

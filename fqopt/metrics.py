@@ -48,6 +48,10 @@ Policy for cells without support (``POLICY``, stored in every report):
 
 Cost: the counts-only report of 100k samples takes about a millisecond; AUC adds one sort of the
 scores per class; bootstrap is ``resamples × groups`` multinomial draws over the nonzero cells.
+
+One module (~700 lines, a quarter of it this docstring) because every figure is a function of the
+same ``counts`` array under the policy above: the definitions, the accumulator, the bootstrap and
+the report's JSON contract are one specification, read together.
 """
 
 from __future__ import annotations
@@ -60,6 +64,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fqopt._io import read_json, write_json
 from fqopt.errors import UserError
 
 SCHEMA = "fqopt.report/1"
@@ -660,14 +665,10 @@ class FairnessReport:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the report as JSON, atomically."""
-        from fqopt._io import write_json
-
         write_json(path, self.to_dict())
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "FairnessReport":
-        from fqopt._io import read_json
-
         return cls.from_dict(read_json(path, what="fairness report"), source=str(Path(path)))
 
     # ------------------------------------------------------------------ views

@@ -9,7 +9,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import timm
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
 from fqopt.errors import UserError
@@ -24,16 +26,17 @@ NATIVE_SIZE = {"resnet18": 224, "resnet50": 224, "deit_tiny_patch16_224": 224,
 
 
 def available() -> list[str]:
-    import timm
-
     return timm.list_models()
+
+
+def is_architecture(name: str) -> bool:
+    """Whether timm builds architecture ``name``."""
+    return timm.is_model(name)
 
 
 def check_name(name: str) -> None:
     """UserError listing the tested models unless ``name`` is a timm architecture."""
-    import timm
-
-    if not timm.is_model(name):
+    if not is_architecture(name):
         raise UserError(f"unknown model {name!r}; tested models: {', '.join(SUPPORTED)} "
                         "(or any architecture in timm.list_models())")
 
@@ -46,8 +49,6 @@ def create(name: str = DEFAULT_MODEL, num_classes: int = 4, *, checkpoint=None,
     checkpoint: a state dict file (``.pt``/``.pth`` via ``weights_only=True``, or
     ``.safetensors``) to load; a mismatch is a UserError naming the first offending key.
     """
-    import timm
-
     check_name(name)
     kw = dict(pretrained=False, num_classes=int(num_classes), **kwargs)
     model = None
@@ -70,8 +71,6 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise UserError(f"checkpoint {path} does not exist")
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
             state = load_file(str(path))
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
@@ -186,8 +185,6 @@ def init_from(model: nn.Module, checkpoint, name: str | None = None) -> list[str
 
 def pretrained_input(name: str) -> dict:
     """timm's pretrained data config of architecture ``name``: mean, std, input size, crop."""
-    import timm
-
     check_name(name)
     cfg = timm.create_model(name, pretrained=False).pretrained_cfg or {}
     out = {"mean": [float(v) for v in cfg.get("mean", (0.5, 0.5, 0.5))],
@@ -199,3 +196,17 @@ def pretrained_input(name: str) -> dict:
         if cfg.get(key) is not None:
             out[key] = cfg[key]
     return out
+
+
+def input_hw(model: nn.Module, image_size: int | None) -> tuple[int, int]:
+    """The input height and width of ``model``: ``image_size`` if given, else the ViT's patch
+    embedding size, else timm's ``pretrained_cfg``, else 224 x 224."""
+    if image_size:
+        return int(image_size), int(image_size)
+    pe = getattr(model, "patch_embed", None)
+    if pe is not None and getattr(pe, "img_size", None):
+        return tuple(int(x) for x in pe.img_size)
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    if isinstance(cfg, dict) and cfg.get("input_size"):
+        return tuple(int(x) for x in cfg["input_size"][1:])
+    return 224, 224

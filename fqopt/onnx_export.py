@@ -28,7 +28,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from fqopt._io import atomic_path, check_writable
+from fqopt.apply import resolve_plan
+from fqopt.discovery import quantizable_layers
 from fqopt.errors import UserError
+from fqopt.models import input_hw
+from fqopt.packed import check_budget
+from fqopt.quantizers import QUANTIZERS, choose_scale, quantize
 
 __all__ = ["OPSET", "OnnxInfo", "export_onnx", "onnx_fp32"]
 
@@ -51,24 +57,18 @@ class OnnxInfo:
 
 def _need_onnx():
     try:
-        import onnx  # noqa: F401
+        import onnx  # noqa: F401  # deferred: optional dependency, probed only
     except ImportError:
         raise UserError("ONNX export needs the onnx package: pip install 'fqopt[onnx]'") \
             from None
 
 
-def _input_size(model: nn.Module, image_size) -> tuple[int, int]:
-    from fqopt.packed import _input_hw
-
-    return _input_hw(model, image_size)
-
-
 def _torch_to_onnx(model: nn.Module, image_size, *, opset: int):
     """The float model as an ONNX ModelProto with a dynamic batch dimension (input ``input``
     ``[N, 3, H, W]``, output ``logits``)."""
-    import onnx
+    import onnx  # deferred: optional dependency
 
-    h, w = _input_size(model, image_size)
+    h, w = input_hw(model, image_size)
     p = next(model.parameters())
     x = torch.zeros(2, 3, h, w, dtype=p.dtype, device=p.device)
     modes = {m: m.training for m in model.modules()}   # restored as they were, mixed or not
@@ -111,8 +111,6 @@ def _torch_to_onnx(model: nn.Module, image_size, *, opset: int):
 def onnx_fp32(model: nn.Module, path, *, image_size=None, opset: int = OPSET,
               force: bool = False) -> int:
     """The float32 ONNX model (no quantization), for comparisons; returns its size in bytes."""
-    from fqopt._io import atomic_path, check_writable
-
     _need_onnx()
     path = check_writable(path, force, what="ONNX file")
     data = _torch_to_onnx(model, image_size, opset=opset).SerializeToString()
@@ -133,13 +131,8 @@ def export_onnx(model: nn.Module, plan, path, *, method: str | None = None, imag
     A layer whose weight the exported graph does not hold as ``<layer>.weight`` with its own
     shape (folded or transformed by the exporter), or an unexportable model, is a UserError.
     """
-    from fqopt._io import atomic_path, check_writable
-    from fqopt.apply import resolve_plan
-    from fqopt.packed import check_budget
-    from fqopt.discovery import quantizable_layers
-    from fqopt.quantizers import QUANTIZERS, choose_scale, quantize
-
     _need_onnx()
+    # deferred: onnx is an optional dependency
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -237,7 +230,7 @@ def export_onnx(model: nn.Module, plan, path, *, method: str | None = None, imag
 def _int_tensor(name: str, q: np.ndarray, dtype: int):
     """An INT8 or INT4 initializer with raw data (INT4: two levels per byte, the first in the
     low nibble, as the ONNX spec packs them)."""
-    from onnx import TensorProto, helper
+    from onnx import TensorProto, helper  # deferred: optional dependency
 
     flat = np.ascontiguousarray(q, dtype=np.int8).reshape(-1)
     if dtype == TensorProto.INT8:
@@ -253,7 +246,7 @@ def _int_tensor(name: str, q: np.ndarray, dtype: int):
 def run_onnx(path, x: np.ndarray | torch.Tensor) -> np.ndarray:
     """Logits of an ONNX file on ``x`` ``[N, 3, H, W]`` with onnxruntime on CPU."""
     try:
-        import onnxruntime as ort
+        import onnxruntime as ort  # deferred: optional dependency
     except ImportError:
         raise UserError("running ONNX needs onnxruntime: pip install 'fqopt[onnx]'") from None
     if isinstance(x, torch.Tensor):

@@ -26,6 +26,10 @@ Why scales and levels share one tensor, and the other state two: a safetensors h
 ~80 bytes per tensor, and the file must stay within 2 % of the plan's ``size_bytes`` (which
 counts packed weights, scales, float parameters and buffers, not the header) on the default
 model at 3 bits; one tensor per layer part and per state entry would cost ~7 KB there (4.5 %).
+
+One module (~700 lines) because writing, reading and ``--check`` all speak one file format: the
+packing, the header and the checksum must change together, and a reader of the format finds
+every direction of it here.
 """
 
 from __future__ import annotations
@@ -299,25 +303,13 @@ def budget_excess(plan, model: nn.Module, *, image_size: int | None = None):
     if kind not in BUDGET_KINDS:
         raise UserError(f"plan budget kind {kind!r} is unknown; expected "
                         f"{', '.join(BUDGET_KINDS)}")
-    input_size = (3, *_input_hw(model, image_size)) if kind == "bops" else None
+    input_size = (3, *models.input_hw(model, image_size)) if kind == "bops" else None
     units = discover_units(model, plan.granularity, pin="none", input_size=input_size)
     unit_bits = units.unit_bits_of(plan.layer_bits())
     act = int(budget.get("activation_bits", 8))
     if units.fits(unit_bits, kind, limit, act):
         return None
     return kind, units.usage(unit_bits, kind, act), limit
-
-
-def _input_hw(model: nn.Module, image_size: int | None) -> tuple[int, int]:
-    if image_size:
-        return int(image_size), int(image_size)
-    pe = getattr(model, "patch_embed", None)
-    if pe is not None and getattr(pe, "img_size", None):
-        return tuple(int(x) for x in pe.img_size)
-    cfg = getattr(model, "pretrained_cfg", None) or {}
-    if isinstance(cfg, dict) and cfg.get("input_size"):
-        return tuple(int(x) for x in cfg["input_size"][1:])
-    return 224, 224
 
 
 # ----------------------------------------------------------------------------- export
@@ -556,9 +548,7 @@ def load_quantized(path, *, dequantize: bool = True, plan=None, model: nn.Module
     if plan is not None:
         check_same_plan(ef, plan)
     if model is None:
-        import timm  # deferred: only a load without a model builds one
-
-        if not timm.is_model(ef.model_name):
+        if not models.is_architecture(ef.model_name):
             raise UserError(f"{where} holds model {ef.model_name!r}, which is not a timm "
                             "architecture; pass the model to load into as model=")
         if ef.num_classes is None:
@@ -688,7 +678,7 @@ def verify(path, model: nn.Module, *, plan=None, quantizer: str | None = None,
         check_same_plan(ef, plan)
 
     loaded = load_quantized(path, model=copy.deepcopy(model).float().cpu())
-    h, w = _input_hw(model, image_size or ef.image_size)
+    h, w = models.input_hw(model, image_size or ef.image_size)
     p = next(model.parameters())
     x = torch.randn(batch, 3, h, w, generator=torch.Generator().manual_seed(seed))
     model_mode = model.training

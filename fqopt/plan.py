@@ -17,6 +17,7 @@ __all__ = ["AllocationPlan", "SCHEMA", "SOLVER_STATUSES", "DEFAULT_QUANTIZER", "
            "check_quantizer", "plan_size_bytes"]
 
 SCHEMA = "fqopt.plan/1"
+#: what a back-end of fqopt.solvers reports and a plan records in ``solver["status"]``
 SOLVER_STATUSES = ("optimal", "feasible", "infeasible", "timeout")
 #: quantizer of a plan that records none (plans written before the field existed)
 DEFAULT_QUANTIZER = "maxabs"

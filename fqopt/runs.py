@@ -15,13 +15,14 @@ Layout::
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
 import socket
 from pathlib import Path
 
-from fqopt._io import read_json, write_json
+from fqopt._io import atomic_path, read_json, write_json
 from fqopt._version import __version__
 from fqopt.errors import UserError
 
@@ -43,6 +44,7 @@ class Run:
                model: str | None = None, image_size: int | None = None, seed: int = 0,
                force: bool = False, input_config: dict | None = None) -> "Run":
         """Write a new run's ``config.json`` (refuses an existing run unless ``force``)."""
+        # deferred: torch/timm; a Run opens without them (`fqopt show`, `--help`)
         from fqopt import data, models
 
         path = Path(path)
@@ -151,6 +153,7 @@ class Run:
 
     def dataset(self):
         """The run's dataset (cached per process: generation/indexing happens once)."""
+        # deferred: numpy; a Run opens without it (`fqopt show`, `--help`)
         from fqopt import data
 
         spec = self.config["dataset"]
@@ -178,6 +181,7 @@ class Run:
 
     def new_model(self):
         """The run's architecture with fresh random weights."""
+        # deferred: torch/timm; a Run opens without them (`fqopt show`, `--help`)
         from fqopt import models
 
         return models.create(self.model_name, self.num_classes, image_size=self.image_size)
@@ -187,6 +191,7 @@ class Run:
         if not self.has_model():
             raise UserError(f"run {self.path} has no trained model ({self.checkpoint_path} is "
                             f"missing); run `fqopt train --out {self.path}` first")
+        # deferred: torch/timm; a Run opens without them (`fqopt show`, `--help`)
         from fqopt import models
 
         m = self.new_model()
@@ -325,6 +330,7 @@ def training_session(path):
 def _center_crop(inner, size: int):
     """``inner`` (decoded at a larger size) seen through a centred ``size`` x ``size`` window;
     every attribute but the images is the inner dataset's."""
+    # deferred: numpy; a Run opens without it (`fqopt show`, `--help`)
     from fqopt.data import FairDataset
 
     class CenterCropped(FairDataset):
@@ -355,12 +361,9 @@ def import_checkpoint(path, *, model: str, checkpoint, dataset: str = "synthderm
     mean/std: the input normalisation the model was trained with (default: the dataset's).
     Writes ``config.json``, ``model.pt`` and ``reports/fp_test.json`` (the FP32 test figures).
     """
-    import hashlib
-
+    # deferred: torch/timm; a Run opens without them (`fqopt show`, `--help`)
     import torch
-
     from fqopt import data, models
-    from fqopt._io import atomic_path
     from fqopt.evaluation import evaluate
 
     path = Path(path)

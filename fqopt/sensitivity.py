@@ -32,13 +32,33 @@ from fqopt._io import atomic_path
 from fqopt.errors import UserError
 from fqopt.units import MAX_BITS, MIN_BITS, UnitSet, check_bits
 
-__all__ = ["SensitivityTable", "table_unit_set", "table_provenance", "MIN_BITS", "MAX_BITS"]
+__all__ = ["SensitivityTable", "CostsShape", "table_unit_set", "table_provenance", "MIN_BITS",
+           "MAX_BITS"]
 _REQUIRED = ("costs", "bits", "sizes", "units", "groups", "group_counts")
 _RESERVED = (*_REQUIRED, "macs", "meta")
 
 
+class CostsShape:
+    """The sizes of a ``costs`` array ``[U, G, K]`` (units, groups, bit-widths), as a table, a
+    problem and its reduction (``[V, G, K]``) name them."""
+
+    costs: np.ndarray
+
+    @property
+    def num_units(self) -> int:
+        return self.costs.shape[0]
+
+    @property
+    def num_groups(self) -> int:
+        return self.costs.shape[1]
+
+    @property
+    def num_bits(self) -> int:
+        return self.costs.shape[2]
+
+
 @dataclass
-class SensitivityTable:
+class SensitivityTable(CostsShape):
     costs: np.ndarray          # float64 [U, G, K]
     bits: np.ndarray           # int64 [K]
     sizes: np.ndarray          # int64 [U]
@@ -61,19 +81,6 @@ class SensitivityTable:
             self.macs = np.asarray(self.macs, dtype=np.int64).reshape(-1)
         self.extras = {str(k): np.asarray(v) for k, v in (self.extras or {}).items()}
         self.validate()
-
-    # ------------------------------------------------------------------ shape
-    @property
-    def num_units(self) -> int:
-        return self.costs.shape[0]
-
-    @property
-    def num_groups(self) -> int:
-        return self.costs.shape[1]
-
-    @property
-    def num_bits(self) -> int:
-        return self.costs.shape[2]
 
     def validate(self) -> None:
         src = self.source

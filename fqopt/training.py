@@ -14,7 +14,12 @@ from dataclasses import asdict, dataclass, fields
 import numpy as np
 import torch
 
+from fqopt import models
+from fqopt._io import atomic_path
 from fqopt.errors import UserError
+from fqopt.evaluation import predict, resolve_device
+from fqopt.metrics import fairness_report
+from fqopt.runs import train_lock
 
 
 @dataclass
@@ -121,17 +126,11 @@ def train(run, config: TrainConfig | None = None, *, callback=None, resume: bool
     last epoch. Returns the history (one dict per epoch) and the best epoch. The run folder is
     locked meanwhile (:func:`fqopt.runs.train_lock`): a second training of it is a UserError.
     """
-    from fqopt.runs import train_lock
-
     with train_lock(run.path):
         return _train(run, config, callback=callback, resume=resume)
 
 
 def _train(run, config, *, callback, resume):
-    from fqopt._io import atomic_path
-    from fqopt.evaluation import predict, resolve_device
-    from fqopt.metrics import fairness_report
-
     config = config or TrainConfig()
     ds = run.dataset()
     device = resolve_device(config.device)
@@ -153,8 +152,6 @@ def _train(run, config, *, callback, resume):
              "finished": False}
     init = run.config.get("init")
     if init and not (resume and run.train_state_path.is_file()):
-        from fqopt import models
-
         models.init_from(model, init["path"], name=run.model_name)  # checked at creation
     if resume and run.train_state_path.is_file():
         saved = read_train_state(run.train_state_path)

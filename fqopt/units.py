@@ -104,6 +104,14 @@ def budget_cap(kind: str, value: float, *, total_size: int, overhead: int = 0) -
     return math.floor(value + abs(value) * BUDGET_RTOL)
 
 
+def within_budget(value: float, budget: float) -> bool:
+    """Whether ``value`` (a plan's ``avg_bits``, bytes or BOPs) meets ``budget`` in the same
+    unit, with the :data:`BUDGET_RTOL` slack :func:`budget_cap` gives the solvers: every
+    comparison of a usage with a budget outside the integer arithmetic goes through here."""
+    budget = float(budget)
+    return float(value) <= budget + abs(budget) * BUDGET_RTOL
+
+
 def usage_value(kind: str, usage: int, *, total_size: int, overhead: int = 0) -> float:
     """An integer usage (bits, or bit-MACs) in the budget's unit: average bits, bytes
     (``⌈usage / 8⌉ + overhead``) or BOPs."""
@@ -372,7 +380,7 @@ def parse_unit_name(name: str) -> tuple[str, int | None]:
 def __getattr__(name: str):
     # discover_units & co. walk torch modules: import torch only when one of them is used
     if name in _DISCOVERY:
-        from fqopt import discovery
+        from fqopt import discovery  # deferred: discovery imports torch, units stays torch-free
 
         return getattr(discovery, name)
     raise AttributeError(f"module 'fqopt.units' has no attribute {name!r}")

@@ -21,7 +21,7 @@ from fqopt.search._seeds import ATTR_SEED, DEFAULT_UNIFORM
 from fqopt.search._study import complete_trials, pareto_trials
 from fqopt.search._trial import ATTR_PLAN, SplitEvaluator, WeightBank, compact_report
 from fqopt.search._verdict import Predictions
-from fqopt.units import discover_units
+from fqopt.units import discover_units, within_budget
 
 #: the acceptance figure of the README: plans at or below this many average bits ...
 CHECK_BITS = 4.5
@@ -213,7 +213,7 @@ def acceptance_check(results: SearchResults, bits: float = CHECK_BITS,
     ``passed_all_layers`` with FairQuant's uniform baseline (every layer at ``uniform`` bits)."""
     uni = results.baseline(f"uniform:{uniform}")
     uni_all = results.baseline(f"uniform-all:{uniform}")
-    cands = [p for p in results.pareto if p.avg_bits <= bits + 1e-9]
+    cands = [p for p in results.pareto if within_budget(p.avg_bits, bits)]
     best = max(cands, key=lambda p: p.test.worst_acc, default=None)
     return AcceptanceCheck(
         bits=bits, uniform_bits=uniform,

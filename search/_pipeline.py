@@ -54,6 +54,7 @@ from fqopt.search._trial import SplitEvaluator, compact_report
 from fqopt.search._verdict import PREDICTIONS_FILE, dashboard_command, summarize
 from fqopt.sensitivity import SensitivityTable
 from fqopt.training import TrainConfig, read_train_state, train
+from fqopt.units import within_budget
 
 DEFAULT_BITS = (2, 3, 4, 6, 8)
 
@@ -207,7 +208,7 @@ def refine_plans(run, records: list[PlanRecord], top: int, *, seed: int = 0, cal
     """
     if top <= 0 or not records:
         return [], []
-    low = [r for r in records if r.avg_bits <= budget + 1e-9] or records
+    low = [r for r in records if within_budget(r.avg_bits, budget)] or records
     chosen = sorted(low, key=lambda r: (-r.search.worst_acc, -r.search.avg_acc,
                                         r.avg_bits))[:top]
     plans_dir = Path(plans_dir or run.plans_dir)

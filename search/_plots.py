@@ -22,7 +22,7 @@ def _mpl():
     import matplotlib
 
     matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # deferred: after the backend is chosen
 
     return plt
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from fqopt.search._plans import build_plan
+from fqopt.units import within_budget
 
 DEFAULT_LADDER = (2.5, 3.0, 3.5, 4.0, 4.5, 5.0, 6.0)
 DEFAULT_UNIFORM = (2, 3, 4, 6, 8)
@@ -78,7 +79,8 @@ def default_seeds(space, maker, *, ladder=DEFAULT_LADDER, uniform=DEFAULT_UNIFOR
     seeds: list[SeedTrial] = []
 
     def inside(bits: float) -> bool:
-        return lo - 1e-9 <= bits <= hi + 1e-9
+        # the range's ends are budgets too: lo <= bits <= hi, with the one budget tolerance
+        return within_budget(lo, bits) and within_budget(bits, hi)
 
     for b in uniform:
         if b in maker.bits:
@@ -88,7 +90,7 @@ def default_seeds(space, maker, *, ladder=DEFAULT_LADDER, uniform=DEFAULT_UNIFOR
                                        space.snap(real, 1.0, main, quantizer),
                                        {"bits": int(b)}))
     for b in ladder:
-        if lo - 1e-9 <= b <= hi + 1e-9 and b >= floor - 1e-9:
+        if inside(b) and within_budget(floor, b):
             seeds.append(SeedTrial(f"worst@{b:g}", f"fqopt worst {b:g} bits", "ladder",
                                    "solver", space.snap(b, 1.0, main, quantizer),
                                    {"objective": "worst"}))
@@ -107,13 +109,13 @@ def default_seeds(space, maker, *, ladder=DEFAULT_LADDER, uniform=DEFAULT_UNIFOR
                 seeds.append(SeedTrial(f"fairquant:{method}+{combine}", f"{name} (0.2/0.4/0.4)",
                                        "fairquant", "quantile",
                                        space.snap(real, lam, method, quantizer), options))
-            elif b >= floor - 1e-9:
+            elif within_budget(floor, b):
                 seeds.append(SeedTrial(f"fairquant:{method}+{combine}@{b:g}",
                                        f"{name} @ {b:g} bits", "fairquant", "quantile",
                                        space.snap(b, lam, method, quantizer),
                                        {"combine": combine, "budget": float(b)}))
     for b in hawq_budgets:
-        if b >= floor - 1e-9:
+        if within_budget(floor, b):
             seeds.append(SeedTrial(f"mean@{b:g}", f"HAWQ-style mean {b:g} bits", "hawq",
                                    "solver", space.snap(b, 0.0, main, quantizer),
                                    {"objective": "mean", "budget": float(b)}))

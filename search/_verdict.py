@@ -22,6 +22,7 @@ from fqopt.search._defaults import DEFAULT_BUDGET
 from fqopt.search._results import (BriefFigures, BudgetMark, Comparison, Difference, PlanRecord,
                                    RecordBrief, RefinedVerdict, SearchResults, SplitFigures,
                                    Summary)
+from fqopt.units import within_budget
 
 PREDICTIONS_FILE = "test_predictions.npz"
 #: budgets at which the report marks a recommended plan
@@ -135,11 +136,12 @@ def verdict(lo: float, hi: float) -> str:
 
 
 # --------------------------------------------------------------------------- choices
-def best_within(items, budget: float, figures, slack: float = 1e-9):
+def best_within(items, budget: float, figures, slack: float = 0.0):
     """The item with the best ``figures(item) = (worst_acc, avg_acc)`` (then fewer bits) among
-    those at most ``budget`` (+ ``slack``) average bits; items whose ``figures`` is None are
-    left out. None when no item qualifies. The one rule behind every recommendation."""
-    cands = [(figures(r), r) for r in items if r.avg_bits <= budget + slack]
+    those within ``budget`` (+ ``slack``) average bits (:func:`~fqopt.units.within_budget`);
+    items whose ``figures`` is None are left out. None when no item qualifies. The one rule
+    behind every recommendation."""
+    cands = [(figures(r), r) for r in items if within_budget(r.avg_bits, budget + slack)]
     cands = [(f, r) for f, r in cands if f is not None]
     if not cands:
         return None

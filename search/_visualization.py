@@ -18,6 +18,7 @@ from fqopt.search._results import PlanRecord, RefinedRecord, SearchResults, Spli
 from fqopt.search._seeds import ATTR_KIND, ATTR_SEED
 from fqopt.search._storage import DIRECTIONS, METRIC_NAMES
 from fqopt.search._verdict import REPORT_BUDGETS, recommend
+from fqopt.units import within_budget
 
 #: the kinds of baseline points, their legend names and marker styles
 BASELINE_STYLE = {
@@ -296,7 +297,7 @@ def history_info(study, *, target: int = 1, cap: float | None = 4.5) -> HistoryI
         v = float(t.values[target])
         values.append(v)
         bits.append(float(t.values[2]))
-        if cap is None or t.values[2] <= cap + 1e-9:
+        if cap is None or within_budget(t.values[2], cap):
             cur = max(cur, sign * v)
         best.append(sign * cur if math.isfinite(cur) else math.nan)
     return HistoryInfo(target=METRIC_NAMES[target], direction=DIRECTIONS[target],

@@ -8,7 +8,8 @@ rule, a baseline), ``exhaustive`` (tiny instances) and ``auto``. OR-Tools and cv
 when their back-end runs.
 """
 
-from fqopt.solvers._problem import BUDGET_KINDS, AllocationProblem, Objective
+from fqopt.solvers._objective import Objective
+from fqopt.solvers._problem import BUDGET_KINDS, AllocationProblem
 from fqopt.solvers._registry import (Solver, available_solvers, get_solver, register_solver,
                                      solve, solve_ladder)
 from fqopt.solvers._result import AllocationResult

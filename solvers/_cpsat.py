@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from fqopt.solvers._lagrange import LagrangeSolver
 from fqopt.solvers._registry import Solver, register_solver
 from fqopt.solvers._result import Solution
 
@@ -106,6 +107,7 @@ class CpSatSolver(Solver):
     def _solve(self, red, deadline, hint: Solution | None = None) -> Solution:
         """``hint``: a solution to start from (``auto`` passes lagrange's), else per
         ``warm_start``."""
+        # deferred: a solver library loads only when its back-end runs
         from ortools.sat.python import cp_model
 
         t0 = time.perf_counter()
@@ -115,8 +117,6 @@ class CpSatSolver(Solver):
         small = V <= self.small_units
         if hint is None and (self.warm_start or (self.warm_start is None and not small)):
             if self._lagrange is None:
-                from fqopt.solvers._lagrange import LagrangeSolver
-
                 self._lagrange = LagrangeSolver()
             hint = self._lagrange._solve(red, deadline)
 

@@ -16,7 +16,7 @@ def silence_banner() -> None:
     global _BANNER_SILENCED
     if _BANNER_SILENCED:
         return
-    import highspy
+    import highspy  # deferred: a solver library loads only when its back-end runs
 
     sys.stdout.flush()
     saved, null = os.dup(1), os.open(os.devnull, os.O_WRONLY)
@@ -32,7 +32,7 @@ def silence_banner() -> None:
 
 def new_highs(**options):
     """A silent ``highspy.Highs`` with ``options`` set (e.g. tolerances)."""
-    import highspy
+    import highspy  # deferred: a solver library loads only when its back-end runs
 
     silence_banner()
     h = highspy.Highs()

@@ -117,7 +117,7 @@ class _Master:
     """
 
     def __init__(self, num_groups: int, max_cuts: int = 400):
-        import highspy
+        import highspy  # deferred: a solver library loads only when its back-end runs
 
         G = self.G = num_groups
         self.inf = highspy.kHighsInf
@@ -140,7 +140,7 @@ class _Master:
 
     def solve(self, lo, hi, mu_max: float, cap: float):
         """``(w, μ, model value)`` maximising the model over W × [0, μ_max], or None."""
-        import highspy
+        import highspy  # deferred: a solver library loads only when its back-end runs
 
         G, h = self.G, self.h
         h.changeColsBounds(G + 1, self.idx[:G + 1], np.r_[lo, 0.0], np.r_[hi, mu_max])

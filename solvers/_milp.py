@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fqopt.solvers._highs import silence_banner
+from fqopt.solvers._lagrange import repair_budget
 from fqopt.solvers._registry import Solver, register_solver
 from fqopt.solvers._result import Solution
 
@@ -51,6 +52,7 @@ class MilpSolver(Solver):
     default_time_limit = 60.0
 
     def _build(self, red) -> _Compiled:
+        # deferred: a solver library loads only when its back-end runs
         import cvxpy as cp
         import scipy.sparse as sp
 
@@ -76,7 +78,7 @@ class MilpSolver(Solver):
         return _Compiled(problem, x, cap, vs, ks, sigma, nu)
 
     def _solve(self, red, deadline) -> Solution:
-        import cvxpy as cp
+        import cvxpy as cp  # deferred: a solver library loads only when its back-end runs
 
         t0 = time.perf_counter()
         silence_banner()
@@ -121,8 +123,6 @@ class MilpSolver(Solver):
         dense[comp.vs, comp.ks] = np.asarray(comp.x.value, dtype=np.float64)
         choice = dense.argmax(axis=1)
         if not red.is_feasible(choice):
-            from fqopt.solvers._lagrange import repair_budget
-
             choice = repair_budget(red, choice)
             info["repaired"] = True
         status = "optimal" if comp.problem.status == cp.OPTIMAL else "feasible"

@@ -14,7 +14,8 @@ import numpy as np
 from fqopt._registry import Registry
 from fqopt.errors import UserError
 from fqopt.solvers._problem import GAP_FLOOR, OPTIMAL_GAP, AllocationProblem, ReducedProblem
-from fqopt.solvers._result import STATUSES, AllocationResult, Solution
+from fqopt.plan import SOLVER_STATUSES
+from fqopt.solvers._result import AllocationResult, Solution
 
 _BUILTIN = ("lagrange", "cpsat", "milp", "quantile", "exhaustive")
 
@@ -107,7 +108,7 @@ def _origin(problem: AllocationProblem) -> dict:
 def finish(problem: AllocationProblem, sol: Solution, backend: str, t0: float
            ) -> AllocationResult:
     """Turn a back-end's reduced solution into a checked AllocationResult."""
-    if sol.status not in STATUSES:  # pragma: no cover - a back-end bug
+    if sol.status not in SOLVER_STATUSES:  # pragma: no cover - a back-end bug
         raise RuntimeError(f"{backend} returned unknown status {sol.status!r}")
     info = dict(sol.info)
     common = dict(backend=info.pop("backend", backend), **_origin(problem))

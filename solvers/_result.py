@@ -12,8 +12,6 @@ from fqopt.plan import DEFAULT_QUANTIZER, AllocationPlan
 from fqopt.sensitivity import SensitivityTable, table_provenance, table_unit_set
 from fqopt.units import UnitSet
 
-STATUSES = ("optimal", "feasible", "infeasible", "timeout")
-
 
 @dataclass
 class Solution:

@@ -19,7 +19,7 @@ from fqopt.plan import AllocationPlan
 from fqopt.sensitivity import SensitivityTable, table_unit_set
 from fqopt.solvers import AllocationProblem, solve
 from fqopt.units import (BUDGET_RTOL, MAX_BITS, MIN_BITS, LayerInfo, UnitSet, check_bits,
-                         is_bit_width)
+                         is_bit_width, within_budget)
 from tests.fixtures import Tiny
 
 # Tiny at a 3×8×8 input, counted by hand (tests/fixtures.py):
@@ -232,6 +232,19 @@ def test_one_tolerance_at_the_boundary(tiny_units):
     assert budget_excess(plan, Tiny()) is None
     plan.budget = {"kind": "size_bytes", "value": u.size_bytes(bits) - 1}
     assert budget_excess(plan, Tiny())[1] == u.size_bytes(bits)
+
+
+def test_within_budget_agrees_with_the_solvers_cap(tiny_units):
+    u = tiny_units
+    N = u.quantized_params
+    for b in itertools.product(range(2, 9), repeat=3):
+        used = u.weight_bits(b)
+        avg = AllocationPlan.from_unit_bits(u, np.array(b), model="tiny").avg_bits
+        # a plan's float avg_bits meets the budget it was solved at, and not one bit less
+        assert within_budget(avg, used / N) and u.fits(np.array(b), "avg_bits", used / N)
+        assert not within_budget(avg, (used - 1) / N)
+    assert within_budget(4.0, 4.0) and within_budget(4.0 * (1 + BUDGET_RTOL / 2), 4.0)
+    assert not within_budget(4.0 * (1 + 10 * BUDGET_RTOL), 4.0)
 
 
 def test_bit_range_is_checked_in_one_place(capsys):

@@ -86,7 +86,7 @@ def resolve_quantizer(plan, given: str | None, override: bool, source: str) -> s
     plan silently evaluated or exported with ``maxabs`` is a different model than the one the
     search chose.
     """
-    # deferred: loads torch (`fqopt <command> --help` stays fast)
+    # deferred: loads numpy (`fqopt <command> --help` stays fast)
     from fqopt.plan import DEFAULT_QUANTIZER, check_quantizer
 
     if given is not None:
@@ -116,9 +116,9 @@ def load_plan_or_uniform(run, model, plan: str | None, uniform: int | None,
         raise click.UsageError("give --plan or --uniform, not both")
     if plan is None and uniform is None:
         return None
-    # deferred: loads torch (`fqopt <command> --help` stays fast)
-    from fqopt.plan import AllocationPlan
+    # deferred: loads numpy and torch (`fqopt <command> --help` stays fast)
     from fqopt.discovery import discover_units
+    from fqopt.plan import AllocationPlan
 
     if plan is not None:
         p = AllocationPlan.load(plan)

@@ -41,7 +41,7 @@ def command(run_dir, plan, uniform, split, quantizer, override_quantizer, bootst
     model = run.model()
     recorded = None
     if plan is not None:
-        # deferred: loads torch (`fqopt evaluate --help` stays fast)
+        # deferred: loads numpy (`fqopt evaluate --help` stays fast)
         from fqopt.plan import AllocationPlan
 
         # the plan's quantizer decides the default report name: check before loading the data

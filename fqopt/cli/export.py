@@ -61,7 +61,7 @@ def command(run_dir, plan, uniform, out, checkpoint, quantizer, override_quantiz
 
     if (plan is None) == (uniform is None):
         raise click.UsageError("give --plan PLAN or --uniform BITS (one of them)")
-    # deferred: loads torch (`fqopt export --help` stays fast)
+    # deferred: loads numpy (`fqopt export --help` stays fast)
     from fqopt.plan import AllocationPlan
 
     recorded = AllocationPlan.load(plan) if plan is not None else None

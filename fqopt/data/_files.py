@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from fqopt.data._base import SPLITS, FairDataset
 from fqopt.errors import UserError
@@ -50,8 +51,6 @@ def read_image(path: str | os.PathLike, size: int) -> np.ndarray:
 
     Raises :class:`UserError` naming the file if it cannot be read or decoded.
     """
-    from PIL import Image
-
     try:
         with Image.open(path) as img:
             if img.format == "JPEG" and min(img.size) >= 2 * size:
