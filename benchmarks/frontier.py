@@ -8,6 +8,10 @@ One command::
         [--cache runs/frontier] [--out bench_out/frontier.json] [--quick]
     .venv/bin/python benchmarks/frontier.py --print bench_out/frontier.json   # tables again
 
+One file (about 1,200 lines) on purpose: the benchmark is one command a reader can audit end to
+end — every row's definition, FairQuant-as-shipped's calibration, the statistics and the tables —
+and nothing in it is imported by fqopt (MCT's runner lives in :mod:`fqopt.mct`).
+
 **Models.** Per family (``cnn``: ``test_resnet`` at 40 px, synthderm's default; ``vit``:
 ``test_vit`` at 64 px, since its 16-px patches leave 2×2 tokens at 40 px), ``--models`` runs
 trained with ``fqopt train`` defaults on synthderm seeds 0, 1, 2, ... (``Run`` folders under
