@@ -142,15 +142,17 @@ def open_storage(url: str, *, heartbeat: bool = True):
 
 def _create_rdb(url: str, kwargs: dict, attempts: int = 6):
     """``RDBStorage(url)``. Workers started together on an empty database all create Optuna's
-    tables at once; on PostgreSQL the losers fail with a duplicate-key or duplicate-table error.
-    Those are retried (the tables exist by then); any other error is raised at once."""
+    tables at once; on PostgreSQL the losers fail with a duplicate-key or duplicate-table error,
+    on SQLite with "table ... already exists". Those are retried (the tables exist by then); any
+    other error is raised at once."""
     for attempt in range(attempts):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 return optuna.storages.RDBStorage(url, **kwargs)
-        except (sa_exc.IntegrityError, sa_exc.ProgrammingError):
-            if attempt == attempts - 1:
+        except (sa_exc.IntegrityError, sa_exc.ProgrammingError, sa_exc.OperationalError) as exc:
+            if attempt == attempts - 1 or (isinstance(exc, sa_exc.OperationalError)
+                                           and "already exists" not in str(exc)):
                 raise
             time.sleep(random.uniform(0.2, 1.0) * (attempt + 1))
 

@@ -586,3 +586,35 @@ def test_cli_pipeline_sigint_then_resume(srun, tmp_path):
     rows = json.loads(r.stdout)["pareto"]
     assert [x["trial"] for x in rows] == [p["trial"] for p in res["pareto"]]
     assert all(x["test_worst_acc"] is not None for x in rows)
+
+
+def test_storage_creation_race_is_retried(monkeypatch):
+    """Workers that open a fresh database together race to create Optuna's tables: the losers
+    see "already exists" (SQLite) or a duplicate error (PostgreSQL) and must retry, not fail;
+    any other database error fails at once."""
+    from sqlalchemy import exc as sa_exc
+
+    from fqopt.search import _storage
+
+    calls = []
+
+    def flaky(url, **kw):
+        calls.append(url)
+        if len(calls) == 1:
+            raise sa_exc.OperationalError("CREATE TABLE studies", {},
+                                          Exception("table studies already exists"))
+        return "storage"
+
+    monkeypatch.setattr(_storage.optuna.storages, "RDBStorage", flaky)
+    monkeypatch.setattr(_storage.time, "sleep", lambda s: None)
+    assert _storage._create_rdb("sqlite:///x.db", {}) == "storage" and len(calls) == 2
+
+    def broken(url, **kw):
+        calls.append(url)
+        raise sa_exc.OperationalError("connect", {}, Exception("unable to open database file"))
+
+    calls.clear()
+    monkeypatch.setattr(_storage.optuna.storages, "RDBStorage", broken)
+    with pytest.raises(sa_exc.OperationalError, match="unable to open"):
+        _storage._create_rdb("sqlite:///x.db", {})
+    assert len(calls) == 1
