@@ -129,3 +129,26 @@ def test_bad_distill_options(tiny, tmp_path, opts, match):
         refine(run, plan, epochs=0, finetune_epochs=1, evaluate=False,
                out_dir=tmp_path / "bad", **opts)
     assert not (tmp_path / "bad").exists()
+
+
+def test_cli_refine_distill(tiny, tmp_path, capsys):
+    """``fqopt refine --distill`` reaches the refinement's settings; a bad value is one line
+    and exit code 2 before any work."""
+    from fqopt.cli import main
+
+    run, plan = tiny
+    path = tmp_path / "p.json"
+    plan.save(path)
+    out = tmp_path / "out"
+    code = main(["refine", "--run", str(run.path), "--plan", str(path), "--epochs", "0",
+                 "--finetune-epochs", "1", "--batch-size", "32", "--distill", "0.5",
+                 "--distill-temperature", "2", "--out", str(out), "--format", "json"])
+    _, err = capsys.readouterr()
+    assert code == 0, err
+    settings = json.loads((out / "refine.json").read_text())["settings"]
+    assert settings["distill"] == 0.5 and settings["distill_temperature"] == 2.0
+    code = main(["refine", "--run", str(run.path), "--plan", str(path), "--distill", "2",
+                 "--out", str(tmp_path / "bad")])
+    _, err = capsys.readouterr()
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "--distill" in err, err
+    assert not (tmp_path / "bad").exists()

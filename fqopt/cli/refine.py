@@ -42,6 +42,11 @@ FAIRNESS_HELP = "range (FairQuant), worst, cvar[:α] or dro[:η] (Group DRO)."
 @click.option("--steps-per-epoch", type=click.IntRange(1), default=None,
               help="Cap on the steps of one epoch [default: one pass over the train split].")
 @click.option("--balanced", is_flag=True, help="Sample groups equally often.")
+@click.option("--distill", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+              help="Weight α of distillation from the run's FP model in each sample's loss "
+                   "((1 − α)·CE + α·KL); fqopt search's fine-tune uses 0.5.")
+@click.option("--distill-temperature", type=click.FloatRange(0, min_open=True), default=1.0,
+              show_default=True, help="Softmax temperature of the distillation.")
 @click.option("--bits", "bits_text", default=None,
               help="Candidate bit-widths for the rounding [default: the plan's].")
 @quantizer_options
@@ -57,7 +62,7 @@ FAIRNESS_HELP = "range (FairQuant), worst, cvar[:α] or dro[:η] (Group DRO)."
 @_ui.force_option
 def command(run_dir, plan_path, budget, budget_kind, fairness, lambda_fair, lambda_budget,
             epochs, finetune_epochs, lr, bit_lr, batch_size, steps_per_epoch, balanced,
-            bits_text, quantizer, override_quantizer,
+            distill, distill_temperature, bits_text, quantizer, override_quantizer,
             solver, allow_over_budget, seed, device, out_dir, fmt, force):
     # deferred: loads torch (`fqopt refine --help` stays fast)
     from fqopt.baq import finished_refinement, refine, step_time_ratio
@@ -79,7 +84,8 @@ def command(run_dir, plan_path, budget, budget_kind, fairness, lambda_fair, lamb
                         lambda_budget=lambda_budget, epochs=epochs,
                         finetune_epochs=finetune_epochs, lr=lr, bit_lr=bit_lr,
                         batch_size=batch_size, steps_per_epoch=steps_per_epoch,
-                        balanced=balanced, bits=bits,
+                        balanced=balanced, distill=distill,
+                        distill_temperature=distill_temperature, bits=bits,
                         quantizer=quantizer, solver=solver, seed=run.seed if seed is None
                         else seed, device=device, out_dir=out_dir, force=force,
                         allow_over_budget=allow_over_budget, callback=cb)
