@@ -51,6 +51,20 @@ def test_log_has_stage_headers_progress_and_no_terminal_codes(logged):
     assert "\x1b[" not in err + out
 
 
+def test_notes_print_as_written(logged):
+    """Every note of the results is in the log verbatim (no rich markup eaten: the MCT
+    install hint keeps its ``[bench]``)."""
+    run, out, err = logged
+    notes = json.loads((run / "reports" / "search_test.json").read_text())["notes"]
+    assert notes
+    for note in notes:
+        assert f"note: {note}" in err, note
+    from fqopt import mct
+
+    if not mct.available():
+        assert "pip install 'fqopt[bench]'" in err
+
+
 def test_log_ends_with_a_decision(logged):
     run, out, err = logged
     res = json.loads((run / "reports" / "search_test.json").read_text())

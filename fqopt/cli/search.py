@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import click
+from rich.markup import escape
 
 from fqopt import search  # light: its names load torch and Optuna on first use
 from fqopt.cli import _ui
@@ -135,7 +136,8 @@ def command(run_dir, trials, storage, study_name, sampler, seed, granularity, me
                        f"({res.study.states.get('complete', 0)} complete trials)",
                  recommended=recommended, budget=None if summary is None else summary.budget)
     for note in result.notes:
-        _ui.info(f"note: {note}")
+        # notes are plain text: "[bench]" in an install hint is not rich markup
+        _ui.info(f"note: {escape(note)}")
     times = ", ".join(f"{k} {v:.0f} s" for k, v in result.stages.items())
     _ui.info(f"stages: {times}")
     print_summary(res, result.report_path)
