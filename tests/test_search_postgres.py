@@ -57,7 +57,7 @@ def test_two_workers_share_one_study(tiny_run, tmp_path, fresh_database):
 
     study_name = f"pg-{uuid.uuid4().hex[:10]}"
     n = 40
-    cmd = [sys.executable, "-m", "fqopt", "search", "--run", str(dest), "--storage",
+    cmd = [sys.executable, "-m", "fqopt", "search", "--run", str(run.path), "--storage",
            fresh_database,
            "--study", study_name, "--trials", str(n), "--no-report", "--refine-top", "0",
            "--format", "json"]
@@ -97,7 +97,7 @@ def test_two_workers_share_one_study(tiny_run, tmp_path, fresh_database):
         metas = get_all_artifact_meta(t, storage=study._storage)
         assert {m.filename for m in metas} == {f"plan-trial{t.number:04d}.json",
                                                 f"report-trial{t.number:04d}.json"}
-        assert all((dest / "artifacts" / m.artifact_id).is_file() for m in metas)
+        assert all((run.path / "artifacts" / m.artifact_id).is_file() for m in metas)
     # both workers did part of the work
     per_worker = collections.Counter(t.user_attrs["fqopt:worker"] for t in complete)
     assert len(per_worker) == 2, per_worker
