@@ -149,6 +149,9 @@ def _fine_tuned(ctx, plan, tag: str, **settings) -> "Candidate":
     from fqopt import models
     from fqopt.baq import refine
 
+    if ctx.args.quick:   # a smoke run: the same settings, a few steps
+        settings.update(finetune_epochs=ctx.args.finetune_epochs,
+                        steps_per_epoch=ctx.args.finetune_steps)
     q = settings.pop("quantizer", None)
     if q is not None and q != plan.quantizer:
         plan = copy.deepcopy(plan)
