@@ -1052,7 +1052,7 @@ def parse_args(argv):
     p.add_argument("--out", default="bench_out/frontier.json")
     p.add_argument("--quick", action="store_true",
                    help="smoke run: 1 model per family, 150 images per type, 2 budgets, "
-                        "6 trials, 1,500 samples trained 3 epochs, MCT on fewer images, "
+                        "6 trials, 1,000 samples trained 2 epochs, MCT on fewer images, "
                         "separate cache")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
@@ -1061,8 +1061,8 @@ def parse_args(argv):
         args.test_vi = 150 if args.test_vi == 1500 else args.test_vi
         args.budgets = "2.5,3.0" if args.budgets == p.get_default("budgets") else args.budgets
         args.search_trials = 6 if args.search_trials == 40 else args.search_trials
-        args.train_epochs = args.train_epochs or 3
-        args.samples = args.samples or 1500
+        args.train_epochs = args.train_epochs or 2
+        args.samples = args.samples or 1000
         args.calib = 256 if args.calib == 1024 else args.calib
         args.mct_images = 128 if args.mct_images == 512 else args.mct_images
         args.mct_mp_images = args.mct_mp_images or 8
