@@ -103,11 +103,11 @@ def evaluate_on_test(run, study, *, model=None, callback=None, plans_dir=None,
     fp_test = test.report(bootstrap=TEST_BOOTSTRAP)[0]
     predictions.add("fp32", test.last_predictions)
     tick("FP32 test")
-    search = SplitEvaluator(model, ds, "search")
-    fp = {"test": compact_report(fp_test), "search": compact_report(search.report()[0])}
+    # one evaluator of the search split (loaded once) for FP32 and every plan beside the study
+    search_eval = SplitEvaluator(model, ds, "search", bank=bank)
+    fp = {"test": compact_report(fp_test), "search": compact_report(search_eval.report()[0])}
     fp["test"]["pred"] = "fp32"
     tick("FP32 search")
-    del search
     records, baselines = [], []
     cache: dict[str, tuple[dict, str]] = {}
     plans_dir.mkdir(parents=True, exist_ok=True)
@@ -142,7 +142,6 @@ def evaluate_on_test(run, study, *, model=None, callback=None, plans_dir=None,
     # FairQuant's uniform baselines quantize every layer, stem and head included; the study's
     # uniform seeds keep the pins of every other plan. Both are reported; uniform plans
     # outside the sampled budget range are not trials (see _seeds) and are evaluated here.
-    search_eval = SplitEvaluator(model, ds, "search", bank=bank)
     extra = []
     if beside:
         units = discover_units(model, "layer")
