@@ -42,7 +42,7 @@ from fqopt.profiling import available_methods, profile
 from fqopt.runs import Run
 from fqopt.search._config import DEFAULT_CALIB, REFINE_MODES, PipelineConfig, TrainOptions
 from fqopt.search._holdout import CHECK_BITS, TEST_BOOTSTRAP, acceptance_check, evaluate_on_test
-from fqopt.search._plans import plan_key
+from fqopt.search._plans import pinned_min_budget, plan_key
 from fqopt.search._report import write_report
 from fqopt.search._results import (RESULTS_FILE, PlanRecord, RefinedRecord, RunInfo,
                                    SearchResults, SplitFigures, StudyInfo)
@@ -354,6 +354,11 @@ def run_pipeline(run_dir="runs/default", config: PipelineConfig | None = None, *
         notes.append(f"budget range widened to {budget:g}–{budget_range[1]:g} bits to include "
                      f"--budget {budget:g}")
         budget_range = (float(budget), budget_range[1])
+    pins_need = pinned_min_budget(tables)
+    if pins_need > budget_range[0]:
+        notes.append(f"the pinned layers (stem and head at 8 bits) alone need "
+                     f"{pins_need:.3f} average bits; plans below that let them go down to 4 "
+                     "bits, then lower (recorded in each plan's meta as pins_relaxed)")
     url = storage or default_storage_url(run.path)
     store = artifact_store(run, artifacts)
     with header("search", f"{n_trials} trials, {sampler}, budgets "

@@ -59,6 +59,19 @@ def plan_key(plan, quantizer: str) -> str:
 SEARCH_SOLVER_OPTIONS = {"lagrange": {"tol": 1e-4, "pool": 500}}
 
 
+#: how far a plan's pins give way when the budget is below what they need, tried in order:
+#: kept; pinned layers down to (the first candidate at or above) 4 bits; down to the smallest
+RELAX_LEVELS = ("none", "floor", "all")
+RELAX_FLOOR_BITS = 4
+
+
+def pinned_min_budget(tables: dict) -> float:
+    """The smallest average bits a plan keeping the tables' pins can have (every free unit at
+    the smallest bit-width); below it, :meth:`PlanMaker.solve` relaxes the pins."""
+    table = next(iter(tables.values()))
+    return AllocationProblem.from_table(table, budget=8.0, objective="worst").min_budget()
+
+
 class PlanMaker:
     """Builds plans from profiled tables (``method -> SensitivityTable``, one granularity).
 
@@ -98,20 +111,29 @@ class PlanMaker:
                             f"{', '.join(self.tables)}")
         return self.tables[method]
 
-    def problem(self, method: str, objective: str, budget: float, *, scores: str | None = None):
+    def problem(self, method: str, objective: str, budget: float, *, scores: str | None = None,
+                relax: str = "none"):
         """The allocation problem for ``method``'s table: one reduction per table, re-targeted
-        with ``with_objective`` (cached) and ``with_budget``."""
-        key = (method, objective, scores)
+        with ``with_objective`` (cached) and ``with_budget``. ``relax``: ``"none"`` (the
+        table's pins), ``"floor"`` (pinned layers may go down to 4 bits) or ``"all"`` (to the
+        smallest bit-width): see :meth:`AllocationProblem.relax_pins`."""
+        if relax not in RELAX_LEVELS:
+            raise UserError(f"relax must be one of {', '.join(RELAX_LEVELS)}, got {relax!r}")
+        key = (method, objective, scores, relax)
         prob = self._problems.get(key)
         if prob is None:
-            base = self._problems.get((method, None, scores))
+            base = self._problems.get((method, None, scores, relax))
             if base is None:
-                table = self.table(method)
-                if scores is not None:
-                    table = _with_scores(table, scores)
-                base = AllocationProblem.from_table(table, budget=float(budget),
-                                                    objective="worst")
-                self._problems[(method, None, scores)] = base
+                if relax == "none":
+                    table = self.table(method)
+                    if scores is not None:
+                        table = _with_scores(table, scores)
+                    base = AllocationProblem.from_table(table, budget=float(budget),
+                                                        objective="worst")
+                else:
+                    strict = self.problem(method, "worst", budget, scores=scores)
+                    base = strict.relax_pins(self._relax_floor(relax))
+                self._problems[(method, None, scores, relax)] = base
             prob = base.with_objective(objective)
             self._problems[key] = prob
             stale = [k for k in self._problems if k[1] is not None and k != key]
@@ -120,7 +142,20 @@ class PlanMaker:
         self._problems.move_to_end(key)
         return prob.with_budget(float(budget))
 
+    def _relax_floor(self, relax: str) -> int | None:
+        if relax == "all":
+            return None
+        # the floor is a candidate bit-width: the smallest one at or above 4 bits
+        above = [b for b in self.bits if b >= RELAX_FLOOR_BITS]
+        return above[0] if above else None
+
     def min_budget(self) -> float:
+        """The smallest budget any plan can meet, the pins relaxed if need be."""
+        method = next(iter(self.tables))
+        return self.problem(method, "worst", 8.0, relax="all").min_budget()
+
+    def strict_min_budget(self) -> float:
+        """The smallest budget the table's pins allow (stem and head at their pinned bits)."""
         method = next(iter(self.tables))
         return self.problem(method, "worst", 8.0).min_budget()
 
@@ -135,9 +170,15 @@ class PlanMaker:
 
     def solve(self, method: str, budget: float, objective: str, *, backend: str | None = None,
               scores: str | None = None, **options):
-        """``(plan, result)``; a budget below what the pins allow is raised to that minimum."""
-        problem = self.problem(method, objective, budget, scores=scores)
-        if not problem.is_budget_feasible:
+        """``(plan, result)``. A budget below what the pins allow relaxes them: pinned layers
+        may go down to 4 bits, then to the smallest bit-width (the plan's
+        ``meta['pins_relaxed']`` says so); below even that, the budget is raised to the
+        smallest feasible one."""
+        for relax in RELAX_LEVELS:
+            problem = self.problem(method, objective, budget, scores=scores, relax=relax)
+            if problem.is_budget_feasible:
+                break
+        else:
             problem = problem.with_budget(problem.min_budget())
         res = self.solver(backend or self.backend, **options).solve(
             problem, time_limit=self.time_limit)

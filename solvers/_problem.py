@@ -255,6 +255,45 @@ class AllocationProblem(CostsShape):
                                              token=object())
         return other
 
+    def relax_pins(self, floor: int | None = 4) -> "AllocationProblem":
+        """The same problem with its pins turned into bounds: a pinned unit may take any
+        candidate bit-width from ``floor`` up to its pin (``floor=None``: from the smallest).
+
+        For a budget below what the pins alone need: a small model's stem and head at 8 bits
+        can hold more than the whole budget (``test_vit``'s need 3.004 average bits), and a
+        search or benchmark at 2.5 bits would otherwise get no plan. Plans of the relaxed
+        problem record the relaxed layers under ``meta['pins_relaxed']`` (layer -> floor).
+        Returns ``self`` when nothing is pinned.
+        """
+        if not self.pins:
+            return self
+        if floor is not None:
+            floor = int(floor)
+            if floor not in self.bits:
+                raise UserError(f"relax_pins: floor {floor} is not a candidate bit-width "
+                                f"{self.bits.tolist()}")
+        U = self.num_units
+        lo = np.array(np.broadcast_to(np.asarray(0 if self.min_bits is None else self.min_bits,
+                                                 dtype=np.int64), (U,)))
+        hi = np.array(np.broadcast_to(np.asarray(np.iinfo(np.int64).max if self.max_bits is None
+                                                 else self.max_bits, dtype=np.int64), (U,)))
+        relaxed: dict[str, int] = {}
+        layer_of = {}
+        if self.units is not None:
+            for layer, sl in self.units.unit_slices().items():
+                layer_of.update(dict.fromkeys(range(sl.start, sl.stop), layer))
+        for u, b in self.pins.items():
+            u, b = int(u), int(b)
+            hi[u] = min(hi[u], b)
+            low = int(self.bits[0]) if floor is None else min(floor, b)
+            lo[u] = max(lo[u], low)
+            name = layer_of.get(u, self.unit_names[u])
+            relaxed[name] = min(relaxed.get(name, low), low)
+        prov = copy.deepcopy(self.provenance)
+        prov.setdefault("meta", {})["pins_relaxed"] = relaxed
+        return dataclasses.replace(self, pins=None, min_bits=lo, max_bits=hi,
+                                   provenance=prov)
+
     # ---------------------------------------------------------------- construction
     @classmethod
     def from_units(cls, units: UnitSet, costs, *, bits, budget: float,

@@ -120,7 +120,7 @@ def test_weight_bank_is_bit_identical_to_apply(srun, quantizer):
 # --------------------------------------------------------------------------- plan builders
 def test_plan_builders(srun):
     from fqopt.search import PlanMaker, build_plan
-    from fqopt.search._plans import blend_objective
+    from fqopt.search._plans import blend_objective, pinned_min_budget
 
     run, tables = srun
     maker = PlanMaker(tables, model_name=run.model_name)
@@ -133,9 +133,25 @@ def test_plan_builders(srun):
     lb = plan.layer_bits()
     for layer, b in maker.units.pinned.items():
         assert set(lb[layer].tolist()) == {b}
-    # the objective override (HAWQ-style mean) and the budget below the pins' minimum
+    # the objective override (HAWQ-style mean) and budgets below the pins' minimum: the pins
+    # give way to 4 bits, then to the smallest (recorded in the plan), never the budget
+    strict = maker.strict_min_budget()
+    pinned = maker.units.pinned
+    assert maker.min_budget() == pytest.approx(2.0) and strict > 2.0
     low = build_plan(maker, "solver", {**params, "budget": 2.0}, {"objective": "worst"})
-    assert low.avg_bits == pytest.approx(maker.min_budget())
+    assert low.avg_bits <= 2.0 + 1e-9
+    assert low.meta["pins_relaxed"] == dict.fromkeys(pinned, 2)
+    floor = maker.problem("fisher", "worst", 8.0, relax="floor").min_budget()
+    assert 2.0 < floor < strict
+    assert pinned_min_budget(tables) == pytest.approx(strict)
+    mid = build_plan(maker, "solver", {**params, "budget": (floor + strict) / 2},
+                     {"objective": "worst"})
+    assert mid.avg_bits <= (floor + strict) / 2 + 1e-9
+    assert mid.meta["pins_relaxed"] == dict.fromkeys(pinned, 4)
+    assert all(mid.layer_bits()[n].min() >= 4 for n in pinned)
+    assert "pins_relaxed" not in plan.meta
+    with pytest.raises(UserError, match="relax must be one of"):
+        maker.problem("fisher", "worst", 3.0, relax="some")
     mean = build_plan(maker, "solver", params, {"objective": "mean", "budget": 4.0})
     assert mean.objective == "mean" and mean.avg_bits <= 4.0 + 1e-9
     uni = build_plan(maker, "uniform", params, {"bits": 4})
@@ -218,6 +234,11 @@ def test_default_seeds_at_the_recommendation_budget(srun):
         plan = build_plan(maker, seeds[key].builder, seeds[key].params, seeds[key].options)
         assert plan.avg_bits <= 2.75 + 1e-9, key
     assert seeds["worst@2.75"].params["budget"] == 2.75
+    # several budgets (a benchmark's): each gets its own three plans, none twice
+    many = [s.key for s in default_seeds(space, maker, budget=(2.25, 2.75, 4.0))]
+    assert len(many) == len(set(many))
+    assert set(many) - plain == new | {"worst@2.25", "mean@2.25", "fairquant:gradient+max@2.25",
+                                       "fairquant:grape+balanced@2.25"}
 
 
 # --------------------------------------------------------------------------- the study

@@ -541,3 +541,54 @@ def test_lagrange_certifies_zero_cost_blocks_and_a_loose_budget(objective):
     assert res.status == "optimal" and res.gap <= 1e-6
     assert res.objective == pytest.approx(best, rel=1e-9)
     assert res.budget_used <= 4.0
+
+
+# ------------------------------------------------------------------------- relaxed pins
+def test_relax_pins_turns_pins_into_bounds_and_matches_brute_force():
+    # two pinned units at 8 bits hold most of the weights: a 3-bit budget is out of reach
+    costs = np.random.default_rng(3).lognormal(0, 1, (4, 2, 3)) * 4.0 ** -np.array([2, 4, 8])
+    p = AllocationProblem(costs=costs, bits=[2, 4, 8], sizes=[50, 10, 10, 30], budget=3.0,
+                          pins={0: 8, 3: 8}, unit_names=["stem", "a", "b", "head"])
+    assert p.min_budget() == pytest.approx((50 * 8 + 20 * 2 + 30 * 8) / 100)
+    assert not p.is_budget_feasible
+    floor = p.relax_pins(4)
+    assert floor.pins is None and floor.allowed[0].tolist() == [False, True, True]
+    assert floor.allowed[1].tolist() == p.allowed[1].tolist()       # free units unchanged
+    assert floor.min_budget() == pytest.approx((50 * 4 + 20 * 2 + 30 * 4) / 100)
+    assert floor.provenance["meta"]["pins_relaxed"] == {"stem": 4, "head": 4}
+    assert p.provenance == {}                                         # the original is kept
+    free = p.relax_pins(None)
+    assert free.allowed.all() and free.min_budget() == pytest.approx(2.0)
+    # the relaxed problems are solved exactly: optimum = brute force over their bounds
+    for q, budget in ((floor, 3.6), (free, 3.0), (free, 2.4)):
+        q = q.with_budget(budget)
+        want, _ = brute_force(q)
+        res = solve(q, "lagrange")
+        assert res.ok and res.objective == pytest.approx(want, rel=1e-6)
+        a = np.asarray(res.assignment)
+        assert (a * q.sizes).sum() / q.sizes.sum() <= budget + 1e-9
+        if q is floor:
+            assert a[0] >= 4 and a[3] >= 4
+    # a pin below the floor keeps its own bits as the floor; bounds never rise above the pin
+    low = AllocationProblem(costs=costs, bits=[2, 4, 8], sizes=[50, 10, 10, 30], budget=3.0,
+                            pins={0: 2, 3: 4})
+    r = low.relax_pins(4)
+    assert r.allowed[0].tolist() == [True, False, False]
+    assert r.allowed[3].tolist() == [False, True, False]
+    with pytest.raises(UserError, match="floor 3 is not a candidate"):
+        p.relax_pins(3)
+    unpinned = AllocationProblem(costs=costs, bits=[2, 4, 8], sizes=[50, 10, 10, 30],
+                                 budget=3.0)
+    assert unpinned.relax_pins(4) is unpinned
+
+
+def test_relax_pins_names_layers_of_a_table():
+    table = channel_table()
+    p = AllocationProblem.from_table(table, budget=2.0)
+    assert not p.is_budget_feasible
+    q = p.relax_pins(4)
+    assert q.provenance["meta"]["pins_relaxed"] == {"conv1": 4, "fc": 4}
+    res = solve(q.with_budget(max(2.0, q.min_budget())), "lagrange")
+    plan = res.to_plan()
+    assert plan.meta["pins_relaxed"] == {"conv1": 4, "fc": 4}
+    assert plan.layer_bits()["conv1"].min() >= 4 and plan.layer_bits()["fc"].min() >= 4
