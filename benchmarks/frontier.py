@@ -96,7 +96,7 @@ import numpy as np
 import torch
 
 from fqopt.errors import UserError
-from fqopt.units import MAX_BITS, MIN_BITS
+from fqopt.units import MAX_BITS, MIN_BITS, within_budget
 
 ALL_BUDGETS = (2.25, 2.5, 2.75, 3.0, 3.5, 4.0)
 FQ_BITS, FQ_SHARES = (2, 4, 8), (0.2, 0.4, 0.4)
@@ -175,7 +175,8 @@ def fqopt_search(ctx: "ModelContext", budget: float) -> "Candidate":
     study = ctx.study()
     best = None
     for t in study.get_trials(deepcopy=False):
-        if t.values is None or t.state.name != "COMPLETE" or t.values[2] > budget + 1e-9:
+        if (t.values is None or t.state.name != "COMPLETE"
+                or not within_budget(t.values[2], budget)):
             continue
         key = (t.values[1], t.values[0], -t.values[2])   # worst, then avg, then fewer bits
         if best is None or key > best[0]:
@@ -578,17 +579,14 @@ class ModelContext:
         from fqopt.solvers import AllocationProblem, solve
 
         table = self.tables()[method] if table is None else table
-        prob = AllocationProblem.from_table(table, budget=float(budget), objective=objective)
-        if prob.min_budget() > budget:
+        strict = prob = AllocationProblem.from_table(table, budget=float(budget),
+                                                     objective=objective)
+        for floor in (4, None):
             # a small model's stem and head at 8 bits can exceed a low budget (test_vit: 3.0
-            # bits): hold them at 4 bits or more instead of pinning them at 8
-            pinned = dict((table.meta or {}).get("pinned") or {})
-            prob = AllocationProblem.from_table(table, budget=float(budget),
-                                                objective=objective, pins="none",
-                                                min_bits={name: 4 for name in pinned})
-            if prob.min_budget() > budget:
-                prob = AllocationProblem.from_table(table, budget=float(budget),
-                                                    objective=objective, pins="none")
+            # bits): let them go down to 4 bits, then lower (as fqopt search's plans do)
+            if prob.min_budget() <= budget:
+                break
+            prob = strict.relax_pins(floor)
         res = solve(prob, "lagrange")
         if not res.ok:
             raise Skip(f"solver: {res.status} {res.message}")
@@ -614,8 +612,8 @@ class ModelContext:
             self._study = run_search(
                 self.run, self.tables(), n_trials=n,
                 storage=f"sqlite:///{self.run.path / 'frontier-study.db'}",
-                study_name=f"frontier-lo{lo:g}", seed=self.seed, space=space,
-                model=self.model)
+                study_name=f"frontier-lo{lo:g}-at-budgets", seed=self.seed, space=space,
+                model=self.model, budget=tuple(self.args.budgets))
             log(f"  {self.name}: search study ({n} trials) {time.perf_counter() - t0:.0f} s")
         return self._study
 
@@ -744,8 +742,10 @@ def evaluate(ctx: ModelContext, cand: Candidate, memo: dict) -> tuple[np.ndarray
     key = (id(model), plan_key(cand.plan, cand.quantizer))
     if key not in memo:
         with quantized(model, cand.plan, method=cand.quantizer):
-            memo[key] = predict_correct(model, ctx.test)
-    return memo[key], float(cand.plan.avg_bits)
+            # the model is kept with its result: a freed model's id could be reused by the
+            # next fine-tuned one, which would then read this entry
+            memo[key] = (predict_correct(model, ctx.test), model)
+    return memo[key][0], float(cand.plan.avg_bits)
 
 
 def group_acc(correct: np.ndarray, groups: np.ndarray, G: int) -> np.ndarray:

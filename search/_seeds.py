@@ -23,7 +23,10 @@ Each seed has a unique ``key``; a study never runs the same key twice (see ``_st
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+
+import numpy as np
 
 from fqopt.search._plans import build_plan
 from fqopt.units import within_budget
@@ -61,15 +64,17 @@ class SeedTrial:
 def default_seeds(space, maker, *, ladder=DEFAULT_LADDER, uniform=DEFAULT_UNIFORM,
                   fairquant=DEFAULT_FAIRQUANT, fairquant_budgets=DEFAULT_FAIRQUANT_BUDGETS,
                   hawq_budgets=DEFAULT_HAWQ_BUDGETS, quantizer: str = "maxabs",
-                  budget: float | None = None) -> list[SeedTrial]:
+                  budget: float | Sequence[float] | None = None) -> list[SeedTrial]:
     """The seed trials of a solver-driven study (``space``: a SearchSpace; ``maker``: the
     PlanMaker, for the smallest feasible budget). Order: the order they run in.
     ``budget``: where the recommendation will be made; fqopt's ``worst`` plan, FairQuant's and
     the HAWQ-style plan at exactly that budget join the ladder (a budget between the ladder's
-    rungs would otherwise be judged on plans built for less)."""
+    rungs would otherwise be judged on plans built for less); several budgets (a benchmark's)
+    add all of theirs."""
     lo, hi = space.budget_range
-    if budget is not None:
-        b = round(float(budget), 6)
+    wanted = () if budget is None else (budget,) if np.ndim(budget) == 0 else tuple(budget)
+    for b in wanted:
+        b = round(float(b), 6)
         ladder = tuple(sorted(set(ladder) | {b}))
         fairquant_budgets = tuple(fairquant_budgets) + ((b,) if b not in fairquant_budgets
                                                         else ())

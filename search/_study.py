@@ -168,7 +168,7 @@ def run(run, tables, *, n_trials: int = DEFAULT_TRIALS, storage: str | None = No
         timeout: float | None = None, backend: str | None = None,
         population_size: int | None = None,
         force: bool = False, device=None, evaluator: SplitEvaluator | None = None,
-        model=None, callback=None, artifacts=True, budget: float | None = None):
+        model=None, callback=None, artifacts=True, budget=None):
     """Run (or resume, or join) the multi-objective search; returns the ``optuna.Study``.
 
     Args:
@@ -185,7 +185,8 @@ def run(run, tables, *, n_trials: int = DEFAULT_TRIALS, storage: str | None = No
             range becomes a constraint.
         seeds: enqueue the default seed trials (True), none (False), or these SeedTrials.
         budget: the average bits a recommendation will be made at: the default seeds then
-            include fqopt's, FairQuant's and the HAWQ-style plan at exactly that budget.
+            include fqopt's, FairQuant's and the HAWQ-style plan at exactly that budget (a
+            sequence: at each of them).
         timeout: stop starting new trials after this many seconds.
         backend: solver back-end (default ``lagrange`` at channel granularity, ``auto``
             at layer granularity).
