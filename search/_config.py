@@ -21,7 +21,8 @@ from fqopt.units import GRANULARITIES
 DEFAULT_CALIB = 1024
 
 #: ``mode -> fqopt.baq.refine`` settings of the refinement stage. ``finetune`` (the default):
-#: the plan's bits kept, its weights fine-tuned for 2 × 50 steps with CE + 0.5·(max − min group
+#: the plan's bits kept, its weights fine-tuned for 2 × 50 steps (100 steps in as many epochs
+#: as a small train split needs) with CE + 0.5·(max − min group
 #: loss) as FairQuant's FQ-QAT, plus distillation from the FP model (α = 0.5) and the max-abs
 #: quantizer while training and after (straight-through training on a grid that follows the
 #: weights; the mse scale search stays what chooses the plan). Measured on
@@ -29,8 +30,9 @@ DEFAULT_CALIB = 1024
 #: too, ``baq``) had gained nothing over fixed-bit fine-tuning (benchmarks/refine.py). A mode's
 #: ``quantizer``, when given, replaces the plan's.
 REFINE_MODES = {
-    "finetune": {"epochs": 0, "finetune_epochs": 2, "steps_per_epoch": 50, "fairness": "range",
-                 "lambda_fair": 0.5, "distill": 0.5, "quantizer": "maxabs"},
+    "finetune": {"epochs": 0, "finetune_epochs": 2, "steps_per_epoch": 50,
+                 "min_finetune_steps": 100, "fairness": "range", "lambda_fair": 0.5,
+                 "distill": 0.5, "quantizer": "maxabs"},
     "baq": {},
 }
 

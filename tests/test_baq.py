@@ -319,6 +319,30 @@ def test_checkpoint_of_another_plan_or_settings_is_refused(small_run, tmp_path):
 
 
 # ------------------------------------------------------------------------ RefineConfig
+def test_min_finetune_steps_sets_the_epochs_of_a_small_split():
+    c = RefineConfig(finetune_epochs=2, min_finetune_steps=100)
+    assert c.finetune_epochs_for(50) == 2            # 2 × 50 steps already reach 100
+    assert c.finetune_epochs_for(4) == 25            # 256 images at batch 64
+    assert c.finetune_epochs_for(16) == 7            # 1,024 images: ⌈100 / 16⌉
+    assert c.finetune_epochs_for(300) == 2           # never fewer than asked
+    assert RefineConfig(finetune_epochs=2).finetune_epochs_for(4) == 2
+    assert RefineConfig(finetune_epochs=0, min_finetune_steps=100).finetune_epochs_for(4) == 0
+
+
+def test_refine_runs_at_least_min_finetune_steps(small_run, tmp_path):
+    """The small run's train split has few batches: the fine-tune takes as many epochs as the
+    minimum needs, counted from the steps it really ran."""
+    plan = mixed_plan(small_run, seed=2)
+    n_train = len(small_run.dataset().split("train"))
+    per_epoch = n_train // 32
+    assert 1 <= per_epoch < 10
+    res = refine(small_run, plan, epochs=0, finetune_epochs=1, batch_size=32,
+                 min_finetune_steps=10, out_dir=tmp_path / "m", evaluate=False)
+    ft = [h for h in res.history if h["phase"] == "finetune"]
+    assert len(ft) == math.ceil(10 / per_epoch)
+    assert sum(h["steps"] for h in ft) >= 10
+
+
 @pytest.mark.parametrize("field, value, message", [
     ("epochs", -1, "epochs must be an integer ≥ 0, got -1"),
     ("finetune_epochs", 1.5, "finetune_epochs must be an integer"),
@@ -332,6 +356,8 @@ def test_checkpoint_of_another_plan_or_settings_is_refused(small_run, tmp_path):
     ("lr", 0, "lr must be a positive number"),
     ("batch_size", 0, "batch_size must be a positive integer"),
     ("steps_per_epoch", 0, "steps_per_epoch must be a positive integer or None"),
+    ("min_finetune_steps", 0, "min_finetune_steps must be a positive integer or None"),
+    ("min_finetune_steps", 2.5, "min_finetune_steps must be a positive integer or None"),
     ("quantizer", "lsq", "unknown quantizer 'lsq'; expected one of maxabs, mse"),
     ("solver", "gurobi", "unknown solver 'gurobi'"),
 ])

@@ -44,7 +44,8 @@ def refine(run, plan, config: RefineConfig | None = None, *, out_dir=None, resum
     out_dir = Path(out_dir) if out_dir is not None else (
         session.run.path / "refined" / (plan_name or f"plan-{settings['plan'][:10]}"))
     return session.run_all(out_dir=out_dir, settings=settings, epochs=int(config.epochs),
-                           finetune_epochs=int(config.finetune_epochs), resume=resume,
+                           finetune_epochs=config.finetune_epochs_for(
+                               session.steps_per_epoch(settings)), resume=resume,
                            force=force, evaluate=evaluate, callback=callback)
 
 

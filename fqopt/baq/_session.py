@@ -252,14 +252,20 @@ class RefineSession:
 
         return g
 
+    def steps_per_epoch(self, settings) -> int:
+        """Steps of one epoch: a pass over the train split in whole batches, capped by
+        ``steps_per_epoch``."""
+        steps = max(1, len(self.dataset.split("train")) // settings["batch_size"])
+        if settings["steps_per_epoch"] is not None:
+            steps = min(steps, settings["steps_per_epoch"])
+        return steps
+
     def _batches(self, epoch, settings, phase):
         """``(x, y, g)`` batches of one epoch of the train split, on the device, augmented;
         deterministic in (seed, phase, epoch)."""
         ds, bs, seed = self.dataset, settings["batch_size"], settings["seed"]
         train_idx = ds.split("train")
-        steps = max(1, len(train_idx) // bs)
-        if settings["steps_per_epoch"] is not None:
-            steps = min(steps, settings["steps_per_epoch"])
+        steps = self.steps_per_epoch(settings)
         offset = 0 if phase == "bits" else 10_000   # the phases draw different orders
         order = epoch_order(ds.groups, train_idx, offset + epoch, seed, settings["balanced"])
         gen = torch.Generator().manual_seed(seed * 1000 + offset + epoch)

@@ -41,6 +41,9 @@ FAIRNESS_HELP = "range (FairQuant), worst, cvar[:α] or dro[:η] (Group DRO)."
 @click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
 @click.option("--steps-per-epoch", type=click.IntRange(1), default=None,
               help="Cap on the steps of one epoch [default: one pass over the train split].")
+@click.option("--min-finetune-steps", type=click.IntRange(1), default=None,
+              help="Run at least this many fixed-bit steps (more fine-tune epochs on a small "
+                   "train split; a short fine-tune can be worse than none).")
 @click.option("--balanced", is_flag=True, help="Sample groups equally often.")
 @click.option("--distill", type=click.FloatRange(0, 1), default=0.0, show_default=True,
               help="Weight α of distillation from the run's FP model in each sample's loss "
@@ -61,9 +64,9 @@ FAIRNESS_HELP = "range (FairQuant), worst, cvar[:α] or dro[:η] (Group DRO)."
 @_ui.format_option
 @_ui.force_option
 def command(run_dir, plan_path, budget, budget_kind, fairness, lambda_fair, lambda_budget,
-            epochs, finetune_epochs, lr, bit_lr, batch_size, steps_per_epoch, balanced,
-            distill, distill_temperature, bits_text, quantizer, override_quantizer,
-            solver, allow_over_budget, seed, device, out_dir, fmt, force):
+            epochs, finetune_epochs, lr, bit_lr, batch_size, steps_per_epoch,
+            min_finetune_steps, balanced, distill, distill_temperature, bits_text, quantizer,
+            override_quantizer, solver, allow_over_budget, seed, device, out_dir, fmt, force):
     # deferred: loads torch (`fqopt refine --help` stays fast)
     from fqopt.baq import finished_refinement, refine, step_time_ratio
     from fqopt.plan import AllocationPlan
@@ -84,7 +87,7 @@ def command(run_dir, plan_path, budget, budget_kind, fairness, lambda_fair, lamb
                         lambda_budget=lambda_budget, epochs=epochs,
                         finetune_epochs=finetune_epochs, lr=lr, bit_lr=bit_lr,
                         batch_size=batch_size, steps_per_epoch=steps_per_epoch,
-                        balanced=balanced, distill=distill,
+                        min_finetune_steps=min_finetune_steps, balanced=balanced, distill=distill,
                         distill_temperature=distill_temperature, bits=bits,
                         quantizer=quantizer, solver=solver, seed=run.seed if seed is None
                         else seed, device=device, out_dir=out_dir, force=force,
