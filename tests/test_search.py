@@ -639,3 +639,29 @@ def test_storage_creation_race_is_retried(monkeypatch):
     with pytest.raises(sa_exc.OperationalError, match="unable to open"):
         _storage._create_rdb("sqlite:///x.db", {})
     assert len(calls) == 1
+
+
+def test_pipeline_below_the_pins_budget_recommends_a_plan_within_it(tiny_run, tmp_path):
+    """--budget below what the 8-bit stem and head need (here 2.013 bits; test_vit's 3.004):
+    the recommendation still fits it, its pins gave way (recorded in the static and the refined
+    plan), and a note says so."""
+    from fqopt.plan import AllocationPlan
+    from fqopt.search import run_pipeline
+
+    dest = tmp_path / "run"
+    copy_trained_run(tiny_run, dest)
+    out = run_pipeline(dest, n_trials=12, budget=2.0, refine_top=1, report=False,
+                       methods=("fisher",))
+    res = out.results
+    rec = res.summary.recommended
+    assert rec is not None and rec.avg_bits <= 2.0 + 1e-9
+    static = AllocationPlan.load(dest / rec.plan_file)
+    relaxed = static.meta["pins_relaxed"]
+    assert set(relaxed) == {"conv1.0", "fc"} and set(relaxed.values()) == {2}
+    lb = static.layer_bits()
+    assert all(lb[layer].min() >= floor for layer, floor in relaxed.items())
+    (refined,) = res.refined
+    plan = AllocationPlan.load(dest / refined.plan_file)
+    assert plan.avg_bits <= 2.0 + 1e-9 and plan.meta["pins_relaxed"] == relaxed
+    note = [n for n in out.notes if "pinned layers" in n]
+    assert len(note) == 1 and "alone need" in note[0]
