@@ -145,7 +145,7 @@ def main(argv=None):
                     vs += (f"{'n=' + n2 + ': ' if not n else ''}{100 * d['diff']:+.2f} "
                            f"[{100 * d['lo']:+.2f}, {100 * d['hi']:+.2f}] {verdict}; ")
                     table[f"default@{n2} - {r}"] = d
-            train = ("all" if n is None else
+            train = ("— (no training)" if n is None else
                      f"{per_model[0][r]['train']} ({per_model[0][r]['train_vi']})")
             print(f"| {r} | {train} | {w[0]:.4f} ± {w[1]:.4f} | {a[0]:.4f} ± {a[1]:.4f} | "
                   f"{vs.rstrip('; ')} |")
