@@ -54,9 +54,10 @@ budget (parameter-weighted average bits) on the same test draw:
 - ``ceiling`` (reference): every layer at 8 bits, fine-tuned exactly as ``fqopt_default`` —
   what a fine-tuned model reaches when quantization costs (almost) nothing;
 - ``fqopt_default``: :func:`fqopt_default` below (edit it to change fqopt's configuration):
-  the static ``worst`` plan, fine-tuned with distillation under max-abs as ``fqopt search``
-  refines; ``fqopt_ft_mse`` is session 4's default (no distillation, mse) and
-  ``fqopt_ft_maxabs`` the default without distillation;
+  the static ``worst`` plan, fine-tuned with distillation under its own ``mse`` quantizer as
+  ``fqopt search`` refines; ``fqopt_ft_mse`` is session 4's default (no distillation, mse),
+  ``fqopt_kd_maxabs`` session 5's (distillation, trained and deployed with max-abs) and
+  ``fqopt_ft_maxabs`` session 5's without distillation;
 - ``fqopt_search``: what ``fqopt search`` recommends at the budget: among the complete trials of
   a study (library API, ``--search-trials`` trials, budget range [min budget, 7]) with
   ``avg_bits ≤ budget``, the best *search-split* ``worst_acc``;
@@ -109,7 +110,10 @@ class Family:
     image_size: int
 
 
-FAMILIES = {"cnn": Family("test_resnet", 40), "vit": Family("test_vit", 64)}
+#: ``dw`` (not in the default ``--families``): timm's ``test_efficientnet``, depthwise-separable
+#: convolutions with squeeze-excitation, the layers known to be hardest to quantize at low bits
+FAMILIES = {"cnn": Family("test_resnet", 40), "vit": Family("test_vit", 64),
+            "dw": Family("test_efficientnet", 40)}
 
 
 # =========================================================================== fqopt's rows
@@ -284,10 +288,10 @@ def fqopt_default(ctx, budget):
     ``fqopt search`` refines and deploys its recommended plan
     (``fqopt.search.REFINE_MODES['finetune']``: the plan's bits kept, weights fine-tuned for
     2 × 50 steps with CE + 0.5·range of group losses and distillation from the FP model, α = 0.5,
-    trained and deployed with the max-abs quantizer)."""
+    trained and deployed with the plan's ``mse`` quantizer)."""
     from fqopt.search import REFINE_MODES
 
-    return _fine_tuned(ctx, fqopt_static(ctx, budget).plan, "default5",
+    return _fine_tuned(ctx, fqopt_static(ctx, budget).plan, "default6",
                        **REFINE_MODES["finetune"])
 
 
@@ -310,6 +314,19 @@ def fqopt_ft_maxabs(ctx: "ModelContext", budget: float) -> "Candidate":
 
 register_row("fqopt_ft_maxabs", "fqopt worst, fine-tuned with maxabs", kind="fqopt")(
     fqopt_ft_maxabs)
+
+
+@register_row("fqopt_kd_maxabs", "fqopt worst, fine-tuned with distillation under maxabs "
+              "(session-5 default)", kind="fqopt")
+def fqopt_kd_maxabs(ctx: "ModelContext", budget: float) -> "Candidate":
+    """Session 5's default: :func:`fqopt_default`'s fine-tune, trained and deployed with the
+    max-abs quantizer instead of the plan's ``mse``."""
+    from fqopt.search import REFINE_MODES
+
+    return _fine_tuned(ctx, fqopt_static(ctx, budget).plan, "default5",
+                       **dict(REFINE_MODES["finetune"], quantizer="maxabs"))
+
+
 register_row("fqopt_ft_bal", "fqopt worst, mse, fine-tuned group-balanced", kind="fqopt",
              finetune=True)(_fine_tune_variant("range", True, "ft-bal"))
 register_row("fqopt_ft_dro", "fqopt worst, mse, fine-tuned balanced + DRO", kind="fqopt",
@@ -1027,6 +1044,8 @@ def parse_args(argv):
     p.add_argument("--families", default="cnn,vit", help=f"some of {','.join(FAMILIES)}")
     p.add_argument("--models", type=int, default=3, help="trained models per family (seeds "
                    "0..N-1)")
+    p.add_argument("--only-seeds", default="", help="of those models, compute only these seeds "
+                   "(comma list; e.g. 1,2 in a second process sharing the cache)")
     p.add_argument("--budgets", default=",".join(f"{b:g}" for b in ALL_BUDGETS))
     p.add_argument("--test-vi", type=int, default=1500,
                    help="test images per skin type (type VI included)")
@@ -1092,6 +1111,13 @@ def parse_args(argv):
                             f"{getattr(args, name)}")
     if args.test_vi < 10:
         raise UserError(f"--test-vi must be at least 10, got {args.test_vi}")
+    try:
+        args.only_seeds = [int(x) for x in args.only_seeds.split(",") if x.strip()]
+    except ValueError:
+        raise UserError(f"--only-seeds must be whole numbers, got {args.only_seeds!r}") from None
+    if any(not 0 <= x < args.models for x in args.only_seeds):
+        raise UserError(f"--only-seeds must lie in 0..{args.models - 1} (--models "
+                        f"{args.models}), got {args.only_seeds}")
     args.rows = [r.strip() for r in args.rows.split(",") if r.strip()]
     args.recompute = [r.strip() for r in args.recompute.split(",") if r.strip()]
     unknown = [r for r in args.rows + args.recompute if r not in ROWS]
@@ -1145,7 +1171,7 @@ def main(argv=None):
                                 args.test_seed)
         log(f"{fname}: test draw {len(test)} images in {time.perf_counter() - t0:.0f} s")
         per_model, model_info = [], []
-        for seed in range(args.models):
+        for seed in (args.only_seeds or range(args.models)):
             t0 = time.perf_counter()
             ctx = ModelContext(fname, family, seed, args, test)
             res = run_model(ctx, rows, args)

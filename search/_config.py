@@ -22,17 +22,18 @@ DEFAULT_CALIB = 1024
 
 #: ``mode -> fqopt.baq.refine`` settings of the refinement stage. ``finetune`` (the default):
 #: the plan's bits kept, its weights fine-tuned for 2 × 50 steps (100 steps in as many epochs
-#: as a small train split needs) with CE + 0.5·(max − min group
-#: loss) as FairQuant's FQ-QAT, plus distillation from the FP model (α = 0.5) and the max-abs
-#: quantizer while training and after (straight-through training on a grid that follows the
-#: weights; the mse scale search stays what chooses the plan). Measured on
-#: benchmarks/frontier.py (docs: benchmarks/RESULTS.md, Frontier, session 5); BAQ (bits learned
-#: too, ``baq``) had gained nothing over fixed-bit fine-tuning (benchmarks/refine.py). A mode's
-#: ``quantizer``, when given, replaces the plan's.
+#: as a small train split needs) with CE + 0.5·(max − min group loss) as FairQuant's FQ-QAT,
+#: plus distillation from the FP model (α = 0.5), trained and deployed with the plan's own
+#: quantizer (``mse`` for the search's plans). Session 5 trained under max-abs instead: a tie on
+#: test_resnet and test_vit, but on the depthwise family (test_efficientnet) max-abs
+#: fine-tuning at 2.25–2.75 bits lost 2–7 points of type-VI accuracy that mse keeps
+#: (benchmarks/RESULTS.md, Frontier, session 6). BAQ (bits learned too, ``baq``) had gained
+#: nothing over fixed-bit fine-tuning (benchmarks/refine.py). A mode's ``quantizer``, when
+#: given, replaces the plan's.
 REFINE_MODES = {
     "finetune": {"epochs": 0, "finetune_epochs": 2, "steps_per_epoch": 50,
                  "min_finetune_steps": 100, "fairness": "range", "lambda_fair": 0.5,
-                 "distill": 0.5, "quantizer": "maxabs"},
+                 "distill": 0.5},
     "baq": {},
 }
 
