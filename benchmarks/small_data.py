@@ -26,7 +26,6 @@ intervals (models and test images) of default − epochs and default − static 
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -89,7 +88,7 @@ def run_model(ctx, args, memo) -> dict:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = F._Parser(description=__doc__.splitlines()[0])   # bad arguments: one line, exit 2
     p.add_argument("--families", default="cnn,vit")
     p.add_argument("--models", type=int, default=3)
     p.add_argument("--budget", type=float, default=2.5)
@@ -106,6 +105,11 @@ def main(argv=None):
         args.sizes = [int(s) for s in args.sizes.split(",")]
     except ValueError:
         raise UserError(f"--sizes: expected whole numbers of images, got {args.sizes!r}") from None
+    if not F.MIN_BITS <= args.budget <= F.MAX_BITS:
+        raise UserError(f"--budget must be average bits in {F.MIN_BITS}-{F.MAX_BITS}, got "
+                        f"{args.budget:g}")
+    if args.models < 1:
+        raise UserError(f"--models must be at least 1, got {args.models}")
     if not args.sizes or min(args.sizes) < 8:
         raise UserError("--sizes: each size must be at least 8 images")
     torch.set_num_threads(1)
