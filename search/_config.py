@@ -21,8 +21,9 @@ from fqopt.units import GRANULARITIES
 DEFAULT_CALIB = 1024
 
 #: ``mode -> fqopt.baq.refine`` settings of the refinement stage. ``finetune`` (the default):
-#: the plan's bits kept, its weights fine-tuned for 2 × 50 steps (100 steps in as many epochs
-#: as a small train split needs) with CE + 0.5·(max − min group loss) as FairQuant's FQ-QAT,
+#: the plan's bits kept, its weights fine-tuned for 2 epochs of at most 50 steps (no
+#: ``min_finetune_steps``: on small train splits it helped under max-abs, not under mse;
+#: benchmarks/small_data.py) with CE + 0.5·(max − min group loss) as FairQuant's FQ-QAT,
 #: plus distillation from the FP model (α = 0.5), trained and deployed with the plan's own
 #: quantizer (``mse`` for the search's plans). Session 5 trained under max-abs instead: a tie on
 #: test_resnet and test_vit, but on the depthwise family (test_efficientnet) max-abs
@@ -31,9 +32,8 @@ DEFAULT_CALIB = 1024
 #: nothing over fixed-bit fine-tuning (benchmarks/refine.py). A mode's ``quantizer``, when
 #: given, replaces the plan's.
 REFINE_MODES = {
-    "finetune": {"epochs": 0, "finetune_epochs": 2, "steps_per_epoch": 50,
-                 "min_finetune_steps": 100, "fairness": "range", "lambda_fair": 0.5,
-                 "distill": 0.5},
+    "finetune": {"epochs": 0, "finetune_epochs": 2, "steps_per_epoch": 50, "fairness": "range",
+                 "lambda_fair": 0.5, "distill": 0.5},
     "baq": {},
 }
 

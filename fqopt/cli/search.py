@@ -68,7 +68,7 @@ def _check_names(methods, quantizers) -> None:
 @click.option("--refine", "refine_mode", type=click.Choice(["finetune", "baq"]),
               default="finetune", show_default=True,
               help="finetune: fixed-bit fine-tuning of the plan's weights (CE + 0.5·range of "
-                   "group losses and distillation, at least 100 steps); baq: BAQ, bit-widths "
+                   "group losses and distillation, 2 epochs of ≤ 50 steps); baq: BAQ, bit-widths "
                    "learned too.")
 @click.option("--budget", type=click.FloatRange(2.0, 8.0), default=search.DEFAULT_BUDGET,
               show_default=True,
