@@ -258,8 +258,6 @@ def refine_plans(run, records: list[PlanRecord], top: int, *, seed: int = 0, cal
         new_plan.meta.update(refined_from=rec.plan_file, trial=rec.trial,
                              quantizer=quantizer,
                              checkpoint=None if checkpoint is None else str(checkpoint))
-        if "pins_relaxed" in (plan.meta or {}):   # the source plan's pins gave way to the budget
-            new_plan.meta["pins_relaxed"] = dict(plan.meta["pins_relaxed"])
         new_plan.save(plans_dir / fname)
         out.append(RefinedRecord(
             from_index=rec.index, trial=rec.trial,

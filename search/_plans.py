@@ -150,14 +150,10 @@ class PlanMaker:
         return above[0] if above else None
 
     def min_budget(self) -> float:
-        """The smallest budget any plan can meet, the pins relaxed if need be."""
+        """The smallest budget any plan can meet, the pins relaxed if need be (with them kept:
+        :func:`pinned_min_budget`)."""
         method = next(iter(self.tables))
         return self.problem(method, "worst", 8.0, relax="all").min_budget()
-
-    def strict_min_budget(self) -> float:
-        """The smallest budget the table's pins allow (stem and head at their pinned bits)."""
-        method = next(iter(self.tables))
-        return self.problem(method, "worst", 8.0).min_budget()
 
     def solver(self, backend: str, **options):
         """One solver instance per back-end (without options), kept across trials: the

@@ -26,8 +26,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from fqopt.search._plans import build_plan
 from fqopt.units import within_budget
 
@@ -72,7 +70,8 @@ def default_seeds(space, maker, *, ladder=DEFAULT_LADDER, uniform=DEFAULT_UNIFOR
     rungs would otherwise be judged on plans built for less); several budgets (a benchmark's)
     add all of theirs."""
     lo, hi = space.budget_range
-    wanted = () if budget is None else (budget,) if np.ndim(budget) == 0 else tuple(budget)
+    wanted = () if budget is None else (budget,) if isinstance(budget, (int, float)) \
+        else tuple(budget)
     for b in wanted:
         b = round(float(b), 6)
         ladder = tuple(sorted(set(ladder) | {b}))

@@ -135,7 +135,7 @@ def test_plan_builders(srun):
         assert set(lb[layer].tolist()) == {b}
     # the objective override (HAWQ-style mean) and budgets below the pins' minimum: the pins
     # give way to 4 bits, then to the smallest (recorded in the plan), never the budget
-    strict = maker.strict_min_budget()
+    strict = pinned_min_budget(tables)
     pinned = maker.units.pinned
     assert maker.min_budget() == pytest.approx(2.0) and strict > 2.0
     low = build_plan(maker, "solver", {**params, "budget": 2.0}, {"objective": "worst"})
@@ -143,7 +143,7 @@ def test_plan_builders(srun):
     assert low.meta["pins_relaxed"] == dict.fromkeys(pinned, 2)
     floor = maker.problem("fisher", "worst", 8.0, relax="floor").min_budget()
     assert 2.0 < floor < strict
-    assert pinned_min_budget(tables) == pytest.approx(strict)
+    assert strict == pytest.approx(maker.problem("fisher", "worst", 8.0).min_budget())
     mid = build_plan(maker, "solver", {**params, "budget": (floor + strict) / 2},
                      {"objective": "worst"})
     assert mid.avg_bits <= (floor + strict) / 2 + 1e-9

@@ -30,9 +30,10 @@ class RefineConfig(Config):
     lambda_budget: ρ of the augmented-Lagrangian budget term (0: none while learning).
     epochs: epochs of joint bit/weight training; finetune_epochs: fixed-bit epochs after rounding.
     min_finetune_steps: at least this many fixed-bit steps (None: no minimum): on a small
-        train split, where an epoch has few steps, the fine-tune runs more epochs. A short
-        fine-tune is worse than none (test_resnet at 2.25 bits: 8 steps lowered type VI's
-        accuracy 2.9 points below the static plan, 20 steps raised it 1.0; benchmarks/RESULTS.md).
+        train split, where an epoch has few steps, the fine-tune runs more epochs. Under a
+        max-abs fine-tune a short one was worse than none (test_resnet at 2.25 bits: 8 steps
+        2.9 points of type VI below the static plan); under mse it did not help
+        (benchmarks/small_data.py, benchmarks/RESULTS.md).
     lr: weight learning rate (AdamW); bit_lr: bit-width learning rate (bits per step);
     weight_decay: AdamW decay of the weight matrices.
     batch_size; steps_per_epoch: a cap on one epoch's steps (None: one pass over the train split).

@@ -399,6 +399,9 @@ class RefineSession:
         meta = {"refined_from": settings["plan"], "baq": {
             k: settings[k] for k in ("fairness", "lambda_fair", "lambda_budget", "quantizer",
                                      "seed")}, "pinned": sorted(self.pinned)}
+        relaxed = (self.static_plan.meta or {}).get("pins_relaxed")
+        if relaxed:   # the source plan's pins gave way to its budget: so do the refined plan's
+            meta["pins_relaxed"] = dict(relaxed)
         plan = AllocationPlan.from_unit_bits(
             self.units, result.assignment, model=self.run.model_name,
             bits=self.bits.tolist(), budget=dict(result.budget),
